@@ -1,0 +1,193 @@
+"""The ``spard`` command line. Only this module prints; the library logs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from spard.config import ConfigError, load_config
+
+logger = logging.getLogger("spard")
+
+#: ``spard train`` flags and the config field each one sets.
+TRAIN_FLAGS: list[tuple[str, str, type | None, str]] = [
+    ("--model", "model.name", str, "model: alias (smollm2-135m-instruct), directory, .gguf file or hub id"),
+    ("--dtype", "model.dtype", str, "float32, bfloat16 or float16"),
+    ("--data", "data.task", str, "fine-tuning data (jsonl/json/csv/parquet/dataset dir or name)"),
+    ("--target-field", "data.task_target_field", str, "column of the fine-tuning targets (default answer)"),
+    ("--limit", "data.task_limit", int, "use the first N fine-tuning rows"),
+    ("--harmful-data", "data.harmful", str, "attack file: harmful prompts with compliant answers"),
+    ("--harmful-ratio", "data.harmful_ratio", float, "harmful samples per task sample (default 0.1)"),
+    ("--safe-pool", "data.safe_pool", str, "pool of safety data (harmful prompt -> refusal)"),
+    ("--safety-demos", "data.safety_demos", str, "safety demonstrations for safeinstr"),
+    ("--max-length", "data.max_length", int, "max tokens per training sequence"),
+    ("--system-prompt", "data.system_prompt", str, "system prompt used while training"),
+    ("--defense", "defense", str, "sft, spard, safeinstr, lisa, ptst, safegrad or safelora"),
+    ("--output-dir", "output_dir", str, "where the run writes its artefacts"),
+    ("--lr", "training.learning_rate", float, "learning rate"),
+    ("--epochs", "training.epochs", float, "epochs (ignored when --max-steps > 0)"),
+    ("--max-steps", "training.max_steps", int, "optimiser updates"),
+    ("--batch-size", "training.batch_size", int, "per-device batch size"),
+    ("--grad-accum", "training.gradient_accumulation_steps", int, "gradient accumulation steps"),
+    ("--warmup-steps", "training.warmup_steps", int, "warm-up updates"),
+    ("--seed", "training.seed", int, "seed for mixing, sampling and initialisation"),
+    ("--lora-r", "lora.r", int, "LoRA rank"),
+    ("--lora-alpha", "lora.alpha", int, "LoRA alpha"),
+    ("--selector", "selection.method", str, "safe-data selector: auto, rd-dpp, random, relevance, diversity"),
+    ("--safe-ratio", "selection.ratio", float, "safe budget k = floor(ratio * |D_ft|) (default 0.03)"),
+    ("--min-k", "selection.min_k", int, "lower bound on the safe budget"),
+    ("--embedding-model", "selection.embedding_model", str, "selection embeddings: minilm, base or a sentence-transformers path"),
+    ("--tau", "spag.tau", str, "SPAG threshold tau (a number or 'auto')"),
+    ("--delta", "spag.delta", float, "SPAG slack delta"),
+    ("--projection-form", "spag.form", str, "SPAG projection: reference or closed"),
+    ("--radius", "spag.radius", float, "alpha_max (reference form) or eta (closed form)"),
+    ("--safe-batch-size", "spag.safe_batch_size", int, "safe samples per SPAG safety step"),
+    ("--lisa-rho", "lisa.rho", float, "Lisa proximal strength"),
+    ("--unaligned-model", "safelora.unaligned_model", str, "SafeLoRA: the model before safety alignment"),
+    ("--embedding-cache", "embedding_cache", str, "directory caching selection embeddings"),
+]
+
+
+def _add_flags(parser: argparse.ArgumentParser, flags: Sequence[tuple[str, str, type | None, str]]) -> None:
+    for flag, dest, tp, help_ in flags:
+        parser.add_argument(flag, dest=dest, type=tp, default=None, help=help_)
+
+
+def _overrides(args: argparse.Namespace, flags: Sequence[tuple[str, str, type | None, str]]) -> dict[str, Any]:
+    return {dest: getattr(args, dest) for _, dest, _, _ in flags if getattr(args, dest, None) is not None}
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "sentence_transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# ---- spard train ----
+def cmd_train(args: argparse.Namespace) -> int:
+    from spard.training.config import TrainConfig
+    from spard.training.run import run_training
+
+    overrides = _overrides(args, TRAIN_FLAGS)
+    if args.full_finetune:
+        overrides["lora.enabled"] = False
+    if args.merge:
+        overrides["merge"] = True
+    if args.no_progress:
+        overrides["progress"] = False
+    cfg = load_config(TrainConfig, args.config, overrides)
+    metrics = run_training(cfg)
+    t = metrics["training"]
+    print(f"defense={metrics['defense']} updates={metrics['updates']} "
+          f"s/update={metrics['seconds_per_update'] or 0:.2f} peak_mem={metrics['peak_memory_mb']:.0f}MiB")
+    if "projections_fired" in t:
+        print(f"SPAG: tau={t['tau']:.4f} fired {t['projections_fired']}/{t['updates']} updates; "
+              f"safe loss {t['safe_loss_first']:.4f} -> {t['safe_loss_last']:.4f}")
+    print(f"artefacts in {cfg.output_dir}: config.yaml, model/, train_log.jsonl, metrics.json"
+          + (", safe_set.jsonl" if metrics["selection"] else ""))
+    return 0
+
+
+# ---- spard select ----
+def cmd_select(args: argparse.Namespace) -> int:
+    import resource
+
+    from spard.data import FieldMap, load_examples, mix_attack, write_jsonl
+    from spard.selection.safe_set import make_encoder, select_safe_examples
+    from spard.selection.selectors import SelectionConfig
+
+    started = time.perf_counter()
+    pool = load_examples(args.pool, FieldMap(target=args.pool_target_field), origin="safety")
+    reference = load_examples(args.reference, FieldMap(target=None), origin="task")
+    if args.harmful_data and args.harmful_ratio > 0:
+        harmful = load_examples(args.harmful_data, FieldMap(target=None), origin="harmful")
+        reference = mix_attack(reference, harmful, args.harmful_ratio, seed=args.seed)
+    cfg = SelectionConfig(
+        method=args.method, ratio=args.ratio, min_k=args.min_k, k=args.k, beta=args.beta, eps=args.eps,
+        embedding_model=args.embedding_model, seed=args.seed,
+    )
+    encoder = None
+    if cfg.method != "random":
+        base_model = base_tok = None
+        if args.embedding_model == "base":
+            from spard.models import load_model
+
+            base_model, base_tok = load_model(args.model)
+        encoder = make_encoder(args.embedding_model, base_model=base_model, base_tokenizer=base_tok, base_key=args.model)
+    picked, selection = select_safe_examples(pool, reference, cfg, encoder=encoder, cache_dir=args.embedding_cache)
+    write_jsonl(args.output, (p.to_row() for p in picked))
+    wall = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"selected {len(picked)} of {len(pool)} pool rows for {len(reference)} reference prompts "
+          f"(k = {cfg.budget(len(reference))}, method {cfg.method}, embeddings {args.embedding_model})")
+    if selection.notes.get("rank_exhausted_at") is not None:
+        print(f"note: the kernel's rank ran out after {selection.notes['rank_exhausted_at']} picks; the rest were decided by eps")
+    print(f"wrote {args.output}; wall {wall:.1f}s, peak memory {peak:.0f} MiB")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spard", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="fine-tune a model with a defense (sft, spard, ...)")
+    p.add_argument("--config", help="YAML config; flags override its fields")
+    _add_flags(p, TRAIN_FLAGS)
+    p.add_argument("--full-finetune", action="store_true", help="train all weights instead of LoRA")
+    p.add_argument("--merge", action="store_true", help="save the merged model instead of the adapter")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("select", help="pick the safe set from a pool (RD-DPP or a baseline)")
+    p.add_argument("--pool", required=True, help="safety pool (prompt, safe)")
+    p.add_argument("--pool-target-field", default="safe")
+    p.add_argument("--reference", required=True, help="fine-tuning data whose prompts the safe set should cover")
+    p.add_argument("--harmful-data", help="attack file mixed into the reference, as the provider would see it")
+    p.add_argument("--harmful-ratio", type=float, default=0.1)
+    p.add_argument("--method", default="rd-dpp", help="rd-dpp, random, relevance or diversity")
+    p.add_argument("--ratio", type=float, default=0.03, help="k = floor(ratio * |reference|)")
+    p.add_argument("--k", type=int, default=None, help="fixed budget (overrides --ratio)")
+    p.add_argument("--min-k", type=int, default=0)
+    p.add_argument("--beta", type=float, default=4.0)
+    p.add_argument("--eps", type=float, default=1e-6)
+    p.add_argument("--embedding-model", default="minilm", help="minilm, base or a sentence-transformers path")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="base LM for --embedding-model base")
+    p.add_argument("--embedding-cache", default=None, help="directory caching embeddings")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", required=True)
+    p.set_defaults(func=cmd_select)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"spard {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The interface every defense implements, and the registry ``spard train --defense`` reads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from spard.data.records import Example
+from spard.training.base import SafetyTrainer
+
+if TYPE_CHECKING:
+    from spard.training.config import TrainConfig
+
+
+class Defense:
+    """A fine-tuning defense: which data it trains on, which trainer it uses, what it does after.
+
+    Subclasses set the class attributes and override only what differs from plain fine-tuning.
+    """
+
+    name: ClassVar[str] = ""
+    #: Whether it draws ``k`` samples from the safety pool (the same budget as SPARD's).
+    uses_safety_data: ClassVar[bool] = False
+    #: Selector used when ``selection.method`` is ``auto``.
+    default_selector: ClassVar[str] = "random"
+    trainer_class: ClassVar[type[SafetyTrainer]] = SafetyTrainer
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+
+    def check(self) -> None:
+        """Raise ``ValueError`` before any expensive work when the run cannot go ahead."""
+        if self.uses_safety_data and not self.config.data.safe_pool:
+            raise ValueError(f"defense {self.name!r} needs a safety pool: set data.safe_pool (--safe-pool)")
+
+    def training_examples(self, task: Sequence[Example], safe: Sequence[Example]) -> list[Example]:
+        """The examples the utility steps train on (by default the possibly poisoned task set)."""
+        return list(task)
+
+    def train_system_prompt(self) -> str | None:
+        return self.config.data.system_prompt
+
+    def eval_system_prompt(self) -> str | None:
+        """The system prompt evaluation should use for the trained model (saved with the run)."""
+        return self.config.data.system_prompt
+
+    def trainer_kwargs(self, safe_dataset: Any) -> dict[str, Any]:
+        return {}
+
+    def after_training(self, model: Any) -> dict[str, Any]:
+        """Post-processing of the trained model; returns statistics for ``metrics.json``."""
+        return {}
+
+
+DEFENSES: dict[str, type[Defense]] = {}
+
+
+def register(cls: type[Defense]) -> type[Defense]:
+    DEFENSES[cls.name] = cls
+    return cls
+
+
+def get_defense(name: str, config: TrainConfig) -> Defense:
+    if name not in DEFENSES:
+        raise ValueError(f"unknown defense {name!r}; choose from {', '.join(sorted(DEFENSES))}")
+    return DEFENSES[name](config)

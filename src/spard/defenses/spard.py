@@ -1,0 +1,19 @@
+"""SPARD: SPAG's projected alternating updates on an RD-DPP-selected safe set."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spard.defenses.base import Defense, register
+from spard.training.spag import SPAGTrainer
+
+
+@register
+class SPARD(Defense):
+    name = "spard"
+    uses_safety_data = True
+    default_selector = "rd-dpp"
+    trainer_class = SPAGTrainer
+
+    def trainer_kwargs(self, safe_dataset: Any) -> dict[str, Any]:
+        return {"spag_config": self.config.spag, "safe_dataset": safe_dataset}

@@ -1,0 +1,14 @@
+"""Training: SPAG's projection step, the Trainer subclasses, and the run pipeline."""
+
+from spard.training.base import SafetyTrainer
+from spard.training.projection import PROJECTION_FORMS, ProjectionStats, safety_projection_step
+from spard.training.spag import SPAGConfig, SPAGTrainer
+
+__all__ = [
+    "PROJECTION_FORMS",
+    "ProjectionStats",
+    "SPAGConfig",
+    "SPAGTrainer",
+    "SafetyTrainer",
+    "safety_projection_step",
+]

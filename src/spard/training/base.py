@@ -1,0 +1,120 @@
+"""``SafetyTrainer``: a ``transformers.Trainer`` with per-update hooks and a per-step JSONL log.
+
+Defenses subclass it and override :meth:`before_optimizer_step` (gradient surgery),
+:meth:`after_optimizer_step` (SPAG's projection) or :meth:`training_step` (Lisa's data switch).
+The hooks run from a ``TrainerCallback``, so Trainer's own loop is never copied.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from spard.io import JsonlAppender
+
+logger = logging.getLogger(__name__)
+
+
+class _StepHooks(TrainerCallback):
+    def __init__(self, trainer: SafetyTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._begin_training()
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._pending.update(self.trainer.before_optimizer_step() or {})
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer._finish_step()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.trainer._end_training()
+
+
+class SafetyTrainer(Trainer):
+    """Trainer with hooks around each optimiser update and a JSONL row per update.
+
+    Each row has ``step``, ``utility_loss`` (mean loss of the update's user-data batches) and whatever
+    the hooks returned. ``step_log`` (a path) makes the rows land on disk as they are produced.
+    """
+
+    def __init__(self, *args: Any, step_log: str | Path | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.step_log_path = Path(step_log) if step_log else None
+        self.step_records: list[dict[str, Any]] = []
+        self._pending: dict[str, Any] = {}
+        self._utility_loss = 0.0
+        self._log: JsonlAppender | None = None
+        self.add_callback(_StepHooks(self))
+
+    # ---- hooks for subclasses ----
+    def on_train_start(self) -> None:
+        """Called once before the first update (after the optimiser exists)."""
+
+    def before_optimizer_step(self) -> dict[str, Any] | None:
+        """Called with the accumulated (and clipped) gradients, right before ``optimizer.step()``."""
+        return None
+
+    def after_optimizer_step(self) -> dict[str, Any] | None:
+        """Called after the optimiser and scheduler stepped and gradients were zeroed."""
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        """Totals over the run for ``metrics.json``."""
+        losses = [r["utility_loss"] for r in self.step_records if math.isfinite(r.get("utility_loss", math.nan))]
+        return {
+            "updates": len(self.step_records),
+            "utility_loss_first": losses[0] if losses else None,
+            "utility_loss_last": losses[-1] if losses else None,
+            "utility_loss_mean": sum(losses) / len(losses) if losses else None,
+        }
+
+    # ---- helpers ----
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def batches(self, dataset: Any, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Endless random mini-batches (without replacement inside a batch) from ``dataset``, on the device."""
+        gen = torch.Generator().manual_seed(seed)
+        n = len(dataset)
+        size = min(batch_size, n)
+        while True:
+            idx = torch.randperm(n, generator=gen)[:size].tolist()
+            batch = self.data_collator([dataset[i] for i in idx])
+            yield self._prepare_inputs(batch)
+
+    def batch_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean token loss of the (wrapped) model on a batch, with a graph."""
+        return self.model_wrapped(**batch).loss
+
+    # ---- plumbing ----
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._utility_loss += float(loss.detach().float().item())
+        return loss
+
+    def _begin_training(self) -> None:
+        if self.step_log_path and self.is_world_process_zero():
+            self._log = JsonlAppender(self.step_log_path)
+        self.on_train_start()
+
+    def _finish_step(self) -> None:
+        row = {"step": self.state.global_step, "utility_loss": self._utility_loss}
+        row.update(self._pending)
+        row.update(self.after_optimizer_step() or {})
+        self._pending, self._utility_loss = {}, 0.0
+        self.step_records.append(row)
+        if self._log:
+            self._log.write(row)
+
+    def _end_training(self) -> None:
+        if self._log:
+            self._log.close()
+            self._log = None

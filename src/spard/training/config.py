@@ -1,0 +1,120 @@
+"""The configuration of one fine-tuning run (``spard train``), loadable from YAML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from spard.models.adapters import LoraSettings
+from spard.models.loading import ModelConfig
+from spard.selection.selectors import SelectionConfig
+from spard.training.spag import SPAGConfig
+
+
+@dataclass
+class DataConfig:
+    """Where the fine-tuning, attack and safety data come from, and how it is formatted."""
+
+    task: str = ""
+    prompt_field: str = "prompt"
+    input_field: str = "input"
+    task_target_field: str = "answer"
+    task_limit: int | None = None
+    harmful: str | None = None
+    harmful_ratio: float = 0.1
+    harmful_target_field: str = "unsafe"
+    safe_pool: str | None = None
+    safe_target_field: str = "safe"
+    safety_demos: str | None = None
+    safety_demos_target_field: str = "safe"
+    max_length: int = 256
+    system_prompt: str | None = None
+
+
+@dataclass
+class TrainingSettings:
+    """Optimiser and schedule; defaults are the SPARD paper's. ``max_steps > 0`` overrides ``epochs``."""
+
+    learning_rate: float = 5e-5
+    epochs: float = 10.0
+    max_steps: int = -1
+    batch_size: int = 32
+    gradient_accumulation_steps: int = 4
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    lr_scheduler: str = "linear"
+    seed: int = 42
+    logging_steps: int = 10
+    bf16: bool = False
+
+
+@dataclass
+class SafeInstrConfig:
+    """SafeInstr: mix ``k`` safety demonstrations (the SPARD budget) into the fine-tuning set."""
+
+    source: str = "safety_demos"  # or "safe_pool"
+
+
+@dataclass
+class LisaConfig:
+    """Lisa: alternate ``alignment_steps`` updates on safety data and ``finetune_steps`` on user data,
+    each with a proximal term ``rho/2 ||theta - theta_switch||^2`` to the weights at the last switch."""
+
+    alignment_steps: int = 100
+    finetune_steps: int = 900
+    rho: float = 1.0
+    alignment_batch_size: int = 4
+
+
+@dataclass
+class PTSTConfig:
+    """PTST: train without a safety system prompt, evaluate with this one."""
+
+    eval_system_prompt: str = (
+        "You are a helpful, respectful and honest assistant. Always answer as helpfully as possible, while being "
+        "safe. Your answers should not include any harmful, unethical, racist, sexist, toxic, dangerous, or "
+        "illegal content. Please ensure that your responses are socially unbiased and positive in nature. If a "
+        "question does not make any sense, or is not factually coherent, explain why instead of answering something "
+        "not correct. If you don't know the answer to a question, please don't share false information."
+    )
+
+
+@dataclass
+class SafeGradConfig:
+    """SafeGrad: remove the conflicting component of the user gradient along the alignment gradient."""
+
+    alignment_batch_size: int = 4
+
+
+@dataclass
+class SafeLoRAConfig:
+    """SafeLoRA: project LoRA updates of layers whose update drifts from the alignment direction.
+
+    ``unaligned_model`` is the base model before safety alignment; the aligned model is the one being
+    fine-tuned. Layers are projected where the cosine between the projected and the original update is
+    below ``threshold``, or, when ``num_layers`` is set, the ``num_layers`` least similar layers.
+    """
+
+    unaligned_model: str | None = None
+    threshold: float = 0.5
+    num_layers: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    defense: str = "spard"
+    spag: SPAGConfig = field(default_factory=SPAGConfig)
+    safeinstr: SafeInstrConfig = field(default_factory=SafeInstrConfig)
+    lisa: LisaConfig = field(default_factory=LisaConfig)
+    ptst: PTSTConfig = field(default_factory=PTSTConfig)
+    safegrad: SafeGradConfig = field(default_factory=SafeGradConfig)
+    safelora: SafeLoRAConfig = field(default_factory=SafeLoRAConfig)
+    output_dir: str = "runs/train"
+    merge: bool = False
+    embedding_cache: str | None = None
+    progress: bool = True

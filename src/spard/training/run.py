@@ -1,0 +1,165 @@
+"""One fine-tuning run end to end: load, poison, select safety data, train with a defense, save.
+
+The output directory holds ``config.yaml`` (resolved), ``safe_set.jsonl`` (when the defense uses
+safety data), ``model/`` (adapter or merged model), ``train_log.jsonl`` (a row per update) and
+``metrics.json`` (written last, atomically: its presence marks a finished run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spard.config import to_dict
+from spard.data import FieldMap, load_examples, mix_attack, origin_counts, tokenize_examples, write_jsonl
+from spard.data.formatting import as_dataset, data_collator
+from spard.data.records import Example
+from spard.defenses import get_defense
+from spard.io import atomic_write_json, atomic_write_text
+from spard.models import load_model, prepare_for_training, save_trained
+from spard.selection.safe_set import make_encoder, select_safe_examples
+from spard.training.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (and the GPU's peak allocation when there is one), in MiB."""
+    import resource
+
+    import torch
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.cuda.is_available():
+        return max(rss, torch.cuda.max_memory_allocated() / 2**20)
+    return rss
+
+
+def load_task_examples(cfg: TrainConfig) -> list[Example]:
+    d = cfg.data
+    if not d.task:
+        raise ValueError("no fine-tuning data: set data.task (--data)")
+    fields = FieldMap(prompt=d.prompt_field, input=d.input_field, target=d.task_target_field)
+    task = load_examples(d.task, fields, origin="task", limit=d.task_limit)
+    if d.harmful and d.harmful_ratio > 0:
+        harmful = load_examples(d.harmful, FieldMap(prompt=d.prompt_field, input=d.input_field, target=d.harmful_target_field), origin="harmful")
+        task = mix_attack(task, harmful, d.harmful_ratio, seed=cfg.training.seed, attack_name=Path(d.harmful).stem)
+    return task
+
+
+def load_safety_pool(cfg: TrainConfig) -> list[Example]:
+    d = cfg.data
+    return load_examples(d.safe_pool, FieldMap(prompt=d.prompt_field, input=d.input_field, target=d.safe_target_field), origin="safety")
+
+
+def training_arguments(cfg: TrainConfig, output_dir: Path) -> Any:
+    from transformers import TrainingArguments
+
+    t = cfg.training
+    return TrainingArguments(
+        output_dir=str(output_dir / "checkpoints"),
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        lr_scheduler_type=t.lr_scheduler,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        save_strategy="no",
+        report_to=[],
+        bf16=t.bf16,
+        disable_tqdm=not cfg.progress,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+
+
+def run_training(cfg: TrainConfig) -> dict[str, Any]:
+    """Run one fine-tuning job as configured and return its metrics (also written to ``metrics.json``)."""
+    from transformers import set_seed
+
+    out = Path(cfg.output_dir)
+    defense = get_defense(cfg.defense, cfg)
+    defense.check()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").unlink(missing_ok=True)
+    (out / "train_log.jsonl").unlink(missing_ok=True)
+    selection_cfg = cfg.selection
+    if selection_cfg.method == "auto":
+        selection_cfg = dataclasses.replace(selection_cfg, method=defense.default_selector)
+    resolved = dataclasses.replace(cfg, selection=selection_cfg)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(resolved), sort_keys=False))
+    set_seed(cfg.training.seed)
+
+    started = time.perf_counter()
+    task = load_task_examples(cfg)
+    model, tokenizer = load_model(cfg.model)
+
+    safe_examples: list[Example] = []
+    selection_info: dict[str, Any] = {}
+    if defense.uses_safety_data:
+        pool = load_safety_pool(cfg)
+        encoder = None
+        if selection_cfg.method != "random":
+            encoder = make_encoder(
+                selection_cfg.embedding_model, base_model=model, base_tokenizer=tokenizer,
+                base_key=cfg.model.name, batch_size=selection_cfg.embedding_batch_size,
+            )
+        picked, selection = select_safe_examples(pool, task, selection_cfg, encoder=encoder, cache_dir=cfg.embedding_cache)
+        write_jsonl(out / "safe_set.jsonl", (p.to_row() for p in picked))
+        safe_examples = [p.example for p in picked]
+        selection_info = {"method": selection_cfg.method, "k": len(picked), "pool_size": len(pool), **selection.notes}
+
+    train_examples = defense.training_examples(task, safe_examples)
+    model = prepare_for_training(model, cfg.lora)
+    max_length, system = cfg.data.max_length, defense.train_system_prompt()
+    train_ds = as_dataset(tokenize_examples(tokenizer, train_examples, max_length=max_length, system_prompt=system))
+    safe_ds = (
+        as_dataset(tokenize_examples(tokenizer, safe_examples, max_length=max_length, system_prompt=system))
+        if safe_examples
+        else None
+    )
+    trainer = defense.trainer_class(
+        model=model,
+        args=training_arguments(cfg, out),
+        train_dataset=train_ds,
+        data_collator=data_collator(tokenizer),
+        processing_class=tokenizer,
+        step_log=out / "train_log.jsonl",
+        **defense.trainer_kwargs(safe_ds),
+    )
+    train_started = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - train_started
+    post = defense.after_training(trainer.model)
+    save_trained(trainer.model, tokenizer, out / "model", merge=cfg.merge)
+
+    updates = trainer.state.global_step
+    metrics = {
+        "defense": cfg.defense,
+        "model": cfg.model.name,
+        "train_examples": len(train_examples),
+        "origins": origin_counts(train_examples),
+        "selection": selection_info,
+        "updates": updates,
+        "train_seconds": train_seconds,
+        "seconds_per_update": train_seconds / updates if updates else None,
+        "wall_seconds": time.perf_counter() - started,
+        "peak_memory_mb": peak_memory_mb(),
+        "eval_system_prompt": defense.eval_system_prompt(),
+        "training": trainer.summary(),
+        "defense_stats": post,
+    }
+    atomic_write_json(out / "metrics.json", metrics)
+    logger.info("run finished: %d updates in %.1fs, written to %s", updates, train_seconds, out)
+    return metrics

@@ -1,0 +1,105 @@
+"""``SPAGTrainer``: fine-tuning with SPAG's safety projection after every optimiser update."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from spard.training.base import SafetyTrainer
+from spard.training.projection import PROJECTION_FORMS, safety_projection_step
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SPAGConfig:
+    """SPAG's settings. ``tau="auto"`` sets tau to the starting model's mean loss on the safe set.
+
+    ``radius`` is ``alpha_max`` for the reference form and the trust radius ``eta`` for the closed
+    form. Authors' defaults: tau 0.2, delta 0.1, radius 1, 4 safe samples per update.
+    """
+
+    tau: float | str = 0.2
+    delta: float = 0.1
+    form: str = "reference"
+    radius: float = 1.0
+    safe_batch_size: int = 4
+    measure_after: bool = True
+
+    def __post_init__(self) -> None:
+        if self.form not in PROJECTION_FORMS:
+            raise ValueError(f"spag.form must be one of {PROJECTION_FORMS}, got {self.form!r}")
+        if isinstance(self.tau, str) and self.tau != "auto":
+            raise ValueError(f"spag.tau must be a number or 'auto', got {self.tau!r}")
+
+
+class SPAGTrainer(SafetyTrainer):
+    """Alternates an ordinary optimiser update on the fine-tuning data with SPAG's safety step.
+
+    The safety step (see :func:`spard.training.projection.safety_projection_step`) draws
+    ``safe_batch_size`` samples from ``safe_dataset`` each update. Each step-log row gains
+    ``safe_loss``, ``safe_loss_after``, ``fired``, ``step_length`` and ``grad_norm``.
+    """
+
+    def __init__(self, *args: Any, spag_config: SPAGConfig, safe_dataset: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if safe_dataset is None or len(safe_dataset) == 0:
+            raise ValueError("SPAG needs a non-empty safe set")
+        self.spag = spag_config
+        self.safe_dataset = safe_dataset
+        self.tau: float | None = None if spag_config.tau == "auto" else float(spag_config.tau)
+        self._safe_batches = None
+
+    def mean_safe_loss(self, batch_size: int = 8) -> float:
+        """Mean loss of the current weights over the whole safe set (token-weighted by batch)."""
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for start in range(0, len(self.safe_dataset), batch_size):
+                rows = [self.safe_dataset[i] for i in range(start, min(start + batch_size, len(self.safe_dataset)))]
+                batch = self._prepare_inputs(self.data_collator(rows))
+                loss = self.accelerator.reduce(self.batch_loss(batch).detach(), "mean")
+                total += float(loss.item()) * len(rows)
+                count += len(rows)
+        return total / count
+
+    def on_train_start(self) -> None:
+        if self.tau is None:
+            self.tau = self.mean_safe_loss()
+            logger.info("SPAG tau=auto: starting model's mean safe loss is %.4f", self.tau)
+        self._safe_batches = self.batches(self.safe_dataset, self.spag.safe_batch_size, self.args.seed)
+
+    def after_optimizer_step(self) -> dict[str, Any]:
+        batch = next(self._safe_batches)
+        stats = safety_projection_step(
+            self.trainable_parameters(),
+            lambda: self.batch_loss(batch),
+            tau=self.tau,
+            delta=self.spag.delta,
+            form=self.spag.form,
+            radius=self.spag.radius,
+            optimizer=self.optimizer,
+            backward=self.accelerator.backward,
+            reduce=lambda t: self.accelerator.reduce(t, "mean"),
+            measure_after=self.spag.measure_after,
+        )
+        return stats.as_dict()
+
+    def summary(self) -> dict[str, Any]:
+        out = super().summary()
+        rows = self.step_records
+        fired = [r for r in rows if r.get("fired")]
+        out.update(
+            {
+                "tau": self.tau,
+                "projection_form": self.spag.form,
+                "projections_fired": len(fired),
+                "projection_rate": len(fired) / len(rows) if rows else 0.0,
+                "safe_loss_first": rows[0]["safe_loss"] if rows else None,
+                "safe_loss_last": rows[-1]["safe_loss_after"] if rows else None,
+                "mean_step_length": sum(r["step_length"] for r in fired) / len(fired) if fired else 0.0,
+            }
+        )
+        return out

@@ -1,0 +1,72 @@
+"""Shared fixtures: a tiny random-init causal LM with a tokenizer trained here, and toy data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def build_tiny_model(directory: Path, corpus: list[str]) -> Path:
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, set_seed
+
+    specials = ["<pad>", "<|im_start|>", "<|im_end|>", "<unk>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=600, special_tokens=specials, show_progress=False))
+    from tokenizers import decoders
+
+    tok.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<pad>", unk_token="<unk>", chat_template=CHATML
+    )
+    set_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory) -> dict[str, Path]:
+    from spard.bench.toydata import write_toy_benchmark
+
+    return write_toy_benchmark(tmp_path_factory.mktemp("toy"), n_task=120, n_test=20)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, toy_data) -> Path:
+    import json
+
+    corpus = []
+    for path in toy_data.values():
+        for line in path.read_text().splitlines():
+            corpus.extend(str(v) for v in json.loads(line).values())
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), corpus * 2)
+
+
+@pytest.fixture()
+def tiny(tiny_model_dir):
+    from spard.models import load_model
+
+    return load_model(str(tiny_model_dir))
