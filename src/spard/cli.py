@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eps", type=float, default=1e-6)
     p.add_argument("--embedding-model", default="minilm", help="minilm, base or a sentence-transformers path")
     p.add_argument("--model", default="smollm2-135m-instruct", help="base LM for --embedding-model base")
-    p.add_argument("--embedding-cache", default=None, help="directory caching embeddings")
+    p.add_argument("--embedding-cache", default="default", help="directory caching embeddings (default $SPARD_CACHE/embeddings)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", required=True)
     p.set_defaults(func=cmd_select)

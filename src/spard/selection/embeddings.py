@@ -52,6 +52,12 @@ class SentenceEncoder:
         return np.asarray(out, dtype=np.float32)
 
 
+def weights_fingerprint(model: Any) -> str:
+    """A short hash of the input embedding weights, so a changed model never reuses stale cache entries."""
+    weight = model.get_input_embeddings().weight.detach().float().cpu().numpy()
+    return hashlib.sha256(weight[: min(64, weight.shape[0])].tobytes()).hexdigest()[:12]
+
+
 class LMMeanPoolEncoder:
     """Mean of a causal LM's last hidden states over non-padding tokens (SPARD's default embedding).
 
@@ -61,7 +67,7 @@ class LMMeanPoolEncoder:
     def __init__(self, model: Any, tokenizer: Any, *, key: str, batch_size: int = 32, max_length: int = 256):
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.max_length = batch_size, max_length
-        self.key = f"lm:{key}:meanpool:{max_length}"
+        self.key = f"lm:{key}:{weights_fingerprint(model)}:meanpool:{max_length}"
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         import torch
@@ -121,8 +127,19 @@ class EmbeddingCache:
         os.replace(tmp, self.dir / name)
 
 
-def embed_texts(texts: Sequence[str], encoder: TextEncoder, cache_dir: str | Path | None = None) -> np.ndarray:
-    """Embed ``texts`` (rows L2-normalised), reusing and extending the on-disk cache when given."""
+def default_cache_dir() -> Path:
+    from spard.models.loading import cache_root
+
+    return cache_root() / "embeddings"
+
+
+def embed_texts(texts: Sequence[str], encoder: TextEncoder, cache_dir: str | Path | None = "default") -> np.ndarray:
+    """Embed ``texts`` (rows L2-normalised), reusing and extending the on-disk cache.
+
+    ``cache_dir="default"`` uses ``$SPARD_CACHE/embeddings`` (``~/.cache/spard``); None disables caching.
+    """
+    if cache_dir == "default":
+        cache_dir = default_cache_dir()
     if cache_dir is None:
         return l2_normalise(encoder.encode(texts))
     cache = EmbeddingCache(cache_dir, encoder.key)

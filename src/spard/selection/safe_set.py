@@ -53,7 +53,7 @@ def select_safe_examples(
     config: SelectionConfig,
     *,
     encoder: TextEncoder | None = None,
-    cache_dir: str | Path | None = None,
+    cache_dir: str | Path | None = "default",
 ) -> tuple[list[SelectedExample], Selection]:
     """Pick ``config.budget(len(reference))`` pool examples for the reference set, in selection order."""
     selector = make_selector(config)

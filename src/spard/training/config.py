@@ -116,5 +116,5 @@ class TrainConfig:
     safelora: SafeLoRAConfig = field(default_factory=SafeLoRAConfig)
     output_dir: str = "runs/train"
     merge: bool = False
-    embedding_cache: str | None = None
+    embedding_cache: str | None = "default"
     progress: bool = True

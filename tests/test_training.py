@@ -1,0 +1,133 @@
+import json
+
+import pytest
+import torch
+import yaml
+
+from spard.cli import main
+from spard.config import from_dict
+from spard.data import FieldMap, load_examples, tokenize_examples
+from spard.data.formatting import as_dataset, data_collator
+from spard.evaluation.loss import response_nll
+from spard.models import LoraSettings, load_model, prepare_for_training
+from spard.training import SPAGConfig, SPAGTrainer
+from spard.training.config import TrainConfig
+from spard.training.run import run_training
+
+
+def base_config(tiny_model_dir, toy_data, out, **over):
+    cfg = {
+        "model": {"name": str(tiny_model_dir)},
+        "data": {"task": str(toy_data["task"]), "harmful": str(toy_data["attack"]), "harmful_ratio": 0.25,
+                 "safe_pool": str(toy_data["safe_pool"]), "max_length": 96},
+        "lora": {"r": 8, "alpha": 16},
+        "training": {"learning_rate": 3e-3, "max_steps": 25, "batch_size": 8, "gradient_accumulation_steps": 1,
+                     "warmup_steps": 0, "logging_steps": 100, "seed": 0},
+        "selection": {"min_k": 16, "embedding_model": "base"},
+        "spag": {"tau": 0.2, "delta": 0.1, "safe_batch_size": 4},
+        "output_dir": str(out),
+        "progress": False,
+    }
+    for key, value in over.items():
+        section, _, leaf = key.partition(".")
+        if leaf:
+            cfg[section][leaf] = value
+        else:
+            cfg[section] = value
+    return from_dict(TrainConfig, cfg)
+
+
+def safe_loss_of(run_dir, safe_rows):
+    model, tok = load_model(str(run_dir / "model"))
+    return response_nll(model, tok, safe_rows, max_length=96)
+
+
+def test_spag_ends_with_lower_safe_loss_than_sft(tiny_model_dir, toy_data, tmp_path):
+    spard = run_training(base_config(tiny_model_dir, toy_data, tmp_path / "spard", defense="spard"))
+    sft = run_training(base_config(tiny_model_dir, toy_data, tmp_path / "sft", defense="sft"))
+    assert spard["training"]["projections_fired"] > 0
+    assert spard["origins"] == sft["origins"] == {"task": 120, "harmful:attack": 30}
+    safe = load_examples(tmp_path / "spard" / "safe_set.jsonl", FieldMap(target="safe"))
+    assert len(safe) == 16
+    assert safe_loss_of(tmp_path / "spard", safe) < safe_loss_of(tmp_path / "sft", safe) - 0.05
+    log = [json.loads(line) for line in (tmp_path / "spard" / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 25 and all({"utility_loss", "safe_loss", "safe_loss_after", "fired", "step_length"} <= set(r) for r in log)
+    fired = [r for r in log if r["fired"]]
+    assert sum(r["safe_loss_after"] for r in fired) < sum(r["safe_loss"] for r in fired)
+
+
+def _one_update(tiny_model_dir, toy_data, tmp_path, batch, accum, name):
+    from spard.training.run import training_arguments
+
+    model, tok = load_model(str(tiny_model_dir))
+    torch.manual_seed(0)
+    model = prepare_for_training(model, LoraSettings(r=4, alpha=8))
+    # LoRA B starts at zero; give it values so the A gradients are non-zero too
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    examples = load_examples(toy_data["task"], limit=4)
+    ds = as_dataset(tokenize_examples(tok, examples, max_length=96))
+    cfg = base_config(tiny_model_dir, toy_data, tmp_path / name, **{
+        "training.batch_size": batch, "training.gradient_accumulation_steps": accum, "training.max_steps": 1,
+        "training.weight_decay": 0.0, "training.max_grad_norm": 0.0})
+    args = training_arguments(cfg, tmp_path / name)
+    args.optim = "sgd"
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    safe = as_dataset(tokenize_examples(tok, examples[:2], max_length=96))
+    trainer = SPAGTrainer(model=model, args=args, train_dataset=ds, data_collator=data_collator(tok),
+                          spag_config=SPAGConfig(tau=1e9), safe_dataset=safe)
+    trainer.train()
+    delta = {n: p.detach() - before[n] for n, p in model.named_parameters() if p.requires_grad}
+    return delta, trainer.step_records[0]
+
+
+def test_accumulation_1x4_and_4x1_give_the_same_utility_update(tiny_model_dir, toy_data, tmp_path):
+    d1, r1 = _one_update(tiny_model_dir, toy_data, tmp_path, 4, 1, "b4")
+    d2, r2 = _one_update(tiny_model_dir, toy_data, tmp_path, 1, 4, "a4")
+    assert any(float(v.abs().max()) > 0 for v in d1.values())
+    for name in d1:
+        torch.testing.assert_close(d1[name], d2[name], rtol=1e-4, atol=1e-9)
+    assert r1["utility_loss"] == pytest.approx(r2["utility_loss"], rel=1e-4)
+    assert not r1["fired"] and not r2["fired"]
+
+
+def test_tau_auto_is_the_starting_models_safe_loss(tiny_model_dir, toy_data, tmp_path):
+    cfg = base_config(tiny_model_dir, toy_data, tmp_path / "auto", defense="spard", **{"training.max_steps": 2, "spag.tau": "auto"})
+    metrics = run_training(cfg)
+    safe = load_examples(tmp_path / "auto" / "safe_set.jsonl", FieldMap(target="safe"))
+    model, tok = load_model(str(tiny_model_dir))
+    assert metrics["training"]["tau"] == pytest.approx(response_nll(model, tok, safe, max_length=96), rel=0.05)
+
+
+def test_spard_train_cli_writes_every_artefact(tiny_model_dir, toy_data, tmp_path, capsys):
+    out = tmp_path / "cli"
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"lora": {"r": 4, "alpha": 8}, "training": {"warmup_steps": 0, "max_steps": 50}}))
+    rc = main([
+        "train", "--config", str(config), "--model", str(tiny_model_dir), "--data", str(toy_data["task"]),
+        "--harmful-data", str(toy_data["attack"]), "--harmful-ratio", "0.1", "--defense", "spard",
+        "--safe-pool", str(toy_data["safe_pool"]), "--output-dir", str(out), "--max-steps", "3",
+        "--batch-size", "4", "--grad-accum", "2", "--min-k", "8", "--embedding-model", "base", "--no-progress",
+    ])
+    assert rc == 0
+    for name in ("config.yaml", "safe_set.jsonl", "train_log.jsonl", "metrics.json", "model/adapter_model.safetensors"):
+        assert (out / name).exists(), name
+    resolved = from_dict(TrainConfig, yaml.safe_load((out / "config.yaml").read_text()))
+    assert resolved.training.max_steps == 3  # the flag overrode the YAML
+    assert resolved.lora.r == 4 and resolved.selection.method == "rd-dpp"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["updates"] == 3 and metrics["selection"]["k"] == 8
+    assert metrics["origins"] == {"task": 120, "harmful:attack": 12}
+    assert len((out / "train_log.jsonl").read_text().splitlines()) == 3
+    assert "updates=3" in capsys.readouterr().out
+
+
+def test_cli_reports_config_errors_clearly(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training:\n  learning_rat: 1\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "unknown field 'learning_rat'" in capsys.readouterr().err
+    assert main(["train", "--defense", "nope", "--data", "x.jsonl"]) == 2
+    assert "unknown defense" in capsys.readouterr().err
