@@ -68,3 +68,18 @@ def test_deterministic_and_rejects_bad_input():
         greedy_map(emb[0], 2)
     with pytest.raises(ValueError, match="eps"):
         greedy_map(emb, 2, eps=0.0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lazy_and_eager_updates_pick_the_same_items(seed):
+    rng = np.random.default_rng(100 + seed)
+    n, d = 500, 16
+    emb = unit_rows(rng, n, d)
+    emb[:40] = emb[0]  # a block of duplicates
+    q = rng.random(n) ** 4
+    lazy, eager = greedy_map(kernel_factor(emb, q), d), greedy_map(kernel_factor(emb, q), d, lazy=False)
+    assert lazy.indices.tolist() == eager.indices.tolist()
+    np.testing.assert_allclose(lazy.gains, eager.gains, rtol=1e-8)
+    # past the rank the lazy path switches to eager updates and still returns k distinct items
+    many = greedy_map(kernel_factor(emb, q), 60)
+    assert len(set(many.indices.tolist())) == 60 and many.rank_exhausted_at == d
