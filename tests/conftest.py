@@ -22,7 +22,7 @@ CHATML = (
 )
 
 
-def build_tiny_model(directory: Path, corpus: list[str]) -> Path:
+def build_tiny_model(directory: Path, corpus: list[str], pairs: list[tuple[str, str]] = ()) -> Path:
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, set_seed
 
@@ -44,9 +44,34 @@ def build_tiny_model(directory: Path, corpus: list[str]) -> Path:
         tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config)
+    chats = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": r}], tokenize=False)
+        for p, r in pairs
+    ]
+    warm_up(model, tokenizer, chats or corpus)
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def warm_up(model, tokenizer, corpus: list[str], steps: int = 60) -> None:
+    """A few language-modelling steps so the tiny model emits words rather than one repeated token."""
+    import random
+
+    import torch
+
+    rng = random.Random(0)
+    texts = [t for t in dict.fromkeys(corpus) if t.strip()]
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    model.train()
+    for _ in range(steps):
+        batch = tokenizer(rng.sample(texts, 16), return_tensors="pt", padding=True, truncation=True, max_length=64)
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
 
 
 @pytest.fixture(scope="session")
@@ -60,11 +85,14 @@ def toy_data(tmp_path_factory) -> dict[str, Path]:
 def tiny_model_dir(tmp_path_factory, toy_data) -> Path:
     import json
 
-    corpus = []
-    for path in toy_data.values():
+    corpus, pairs = [], []
+    for key, path in toy_data.items():
         for line in path.read_text().splitlines():
-            corpus.extend(str(v) for v in json.loads(line).values())
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), corpus * 2)
+            row = json.loads(line)
+            corpus.extend(str(v) for v in row.values())
+            if key in ("task", "safe_pool"):
+                pairs.append((row["prompt"], row.get("answer") or row["safe"]))
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), corpus * 2, pairs)
 
 
 @pytest.fixture()

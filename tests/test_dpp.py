@@ -1,7 +1,15 @@
 import numpy as np
 import pytest
 
-from spard.selection import brute_force_greedy, dense_kernel, greedy_map, greedy_map_dense, kernel_factor, max_cosine, quality
+from spard.selection import (
+    brute_force_greedy,
+    dense_kernel,
+    greedy_map,
+    greedy_map_dense,
+    kernel_factor,
+    max_cosine,
+    quality,
+)
 
 
 def unit_rows(rng, n, d):

@@ -88,7 +88,7 @@ def test_accumulation_1x4_and_4x1_give_the_same_utility_update(tiny_model_dir, t
     d2, r2 = _one_update(tiny_model_dir, toy_data, tmp_path, 1, 4, "a4")
     assert any(float(v.abs().max()) > 0 for v in d1.values())
     for name in d1:
-        torch.testing.assert_close(d1[name], d2[name], rtol=1e-4, atol=1e-9)
+        torch.testing.assert_close(d1[name], d2[name], rtol=1e-3, atol=1e-8)
     assert r1["utility_loss"] == pytest.approx(r2["utility_loss"], rel=1e-4)
     assert not r1["fired"] and not r2["fired"]
 

@@ -8,6 +8,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from spard.config import ConfigError, load_config
@@ -135,6 +136,143 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- spard generate / judge / eval ----
+LLM_FLAGS: list[tuple[str, str, type | None, str]] = [
+    ("--llm-base-url", "llm.base_url", str, "OpenAI-compatible endpoint (default: the OpenAI API)"),
+    ("--llm-model", "llm.model", str, "judge model name (default gpt-4o-mini)"),
+    ("--llm-key-env", "llm.api_key_env", str, "environment variable holding the API key (default OPENAI_API_KEY)"),
+    ("--llm-concurrency", "llm.concurrency", int, "parallel judge requests"),
+    ("--llm-timeout", "llm.timeout", float, "seconds per judge request"),
+    ("--llm-threshold", "llm.threshold", int, "harmful iff score >= this (default 3)"),
+]
+GENERATION_FLAGS: list[tuple[str, str, type | None, str]] = [
+    ("--system-prompt", "generation.system_prompt", str, "system prompt (default: the one saved with the training run, else none)"),
+    ("--max-new-tokens", "generation.max_new_tokens", int, "tokens to generate per response"),
+    ("--batch-size", "generation.batch_size", int, "prompts per generation batch"),
+    ("--temperature", "generation.temperature", float, "sampling temperature (with --sample)"),
+    ("--top-p", "generation.top_p", float, "nucleus sampling (with --sample)"),
+    ("--seed", "generation.seed", int, "sampling seed"),
+]
+
+
+def _llm_config(args: argparse.Namespace):
+    from spard.config import from_dict
+    from spard.evaluation.judges import LLMJudgeConfig
+
+    values = {dest.split(".", 1)[1]: v for dest, v in _overrides(args, LLM_FLAGS).items()}
+    return from_dict(LLMJudgeConfig, values, "llm")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from spard.config import from_dict
+    from spard.data import FieldMap, load_examples
+    from spard.evaluation.evaluate import saved_eval_system_prompt
+    from spard.evaluation.generation import GenerationConfig, generate_responses
+    from spard.models import load_model
+
+    values = {dest.split(".", 1)[1]: v for dest, v in _overrides(args, GENERATION_FLAGS).items()}
+    values["do_sample"] = args.sample
+    cfg = from_dict(GenerationConfig, values, "generation")
+    if cfg.system_prompt is None:
+        cfg.system_prompt, _ = saved_eval_system_prompt(args.model)
+    examples = load_examples(args.data, FieldMap(prompt=args.prompt_field, target=None), limit=args.limit)
+    model, tokenizer = load_model(args.model)
+    rows = generate_responses(model, tokenizer, examples, cfg, output=args.output)
+    print(f"wrote {len(rows)} responses to {args.output}")
+    return 0
+
+
+def _judge_output(base: str, judge_name: str, several: bool) -> str:
+    if not several:
+        return base
+    import re
+
+    p = Path(base)
+    return str(p.with_name(f"{p.stem}.{re.sub(r'[^A-Za-z0-9_.-]+', '_', judge_name)}{p.suffix}"))
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    from spard.evaluation.judges import agreement, attack_success_rate, make_judge
+    from spard.evaluation.judging import as_verdicts, judge_rows
+    from spard.io import read_jsonl
+
+    rows = list(read_jsonl(args.responses))
+    for i, row in enumerate(rows, start=1):
+        missing = [k for k in ("id", "prompt", "response") if k not in row]
+        if missing:
+            raise ValueError(f"{args.responses}:{i}: missing field {missing[0]!r}")
+    specs = args.judge or ["keyword"]
+    llm = _llm_config(args)
+    results = {}
+    for spec in specs:
+        judge = make_judge(spec, llm)
+        judged = judge_rows(rows, judge, output=_judge_output(args.output, judge.name, len(specs) > 1))
+        results[judge.name] = as_verdicts(judged)
+        r = attack_success_rate(results[judge.name])
+        asr = "n/a" if r["asr"] is None else f"{100 * r['asr']:.1f}%"
+        print(f"{judge.name:>24}: ASR {asr} ({r['harmful']}/{r['judged']} harmful, {r['failed']} failed)")
+    names = list(results)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            agree = agreement(results[a], results[b])
+            print(f"agreement {a} vs {b}: {'n/a' if agree is None else f'{100 * agree:.1f}%'}")
+    return 0
+
+
+def cmd_judge_fit(args: argparse.Namespace) -> int:
+    from spard.data import FieldMap, load_examples
+    from spard.evaluation.judges.probe import ProbeJudge, fit_probe
+
+    texts, labels = [], []
+    for path in args.data:
+        for field, label in ((args.safe_field, 0), (args.unsafe_field, 1)):
+            for ex in load_examples(path, FieldMap(target=field)):
+                texts.append(ex.target)
+                labels.append(label)
+    probe = fit_probe(texts, labels, encoder=args.encoder, seed=args.seed)
+    probe.save(args.output)
+    print(f"probe on {len(texts)} responses ({sum(labels)} unsafe): held-out accuracy "
+          f"{100 * probe.info['heldout_accuracy']:.2f}% ({probe.info['heldout_size']} responses); saved to {args.output}")
+    if args.eval:
+        judge = ProbeJudge(args.output)
+        total = correct = 0
+        for path in args.eval:
+            for field, label in ((args.safe_field, False), (args.unsafe_field, True)):
+                rows = load_examples(path, FieldMap(target=field))
+                verdicts = judge.judge([r.prompt for r in rows], [r.target for r in rows])
+                correct += sum(v.harmful == label for v in verdicts)
+                total += len(rows)
+        print(f"accuracy on {', '.join(args.eval)}: {100 * correct / total:.2f}% of {total} responses")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from spard.evaluation.evaluate import EvalConfig, run_evaluation
+
+    overrides = _overrides(args, EVAL_FLAGS + GENERATION_FLAGS + LLM_FLAGS)
+    if args.harmful_data:
+        overrides["harmful"] = args.harmful_data
+    if args.judge:
+        overrides["judges"] = args.judge
+    if args.no_progress:
+        overrides["progress"] = False
+    cfg = load_config(EvalConfig, args.config, overrides)
+    run_evaluation(cfg)
+    print(Path(cfg.output_dir, "summary.md").read_text())
+    print(f"metrics in {Path(cfg.output_dir, 'metrics.json')}")
+    return 0
+
+
+EVAL_FLAGS: list[tuple[str, str, type | None, str]] = [
+    ("--model", "model.name", str, "model, adapter directory (RUN/model), alias or hub id"),
+    ("--task-data", "task_data", str, "task test set"),
+    ("--task", "task", str, "gsm8k, openbookqa, exact or contains"),
+    ("--limit", "harmful_limit", int, "first N prompts of each harmful file"),
+    ("--task-limit", "task_limit", int, "first N task items"),
+    ("--output-dir", "output_dir", str, "where generations, verdicts and metrics go"),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spard", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -167,11 +305,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True)
     p.set_defaults(func=cmd_select)
 
+    p = sub.add_parser("generate", help="batched, resumable generation on a prompt file")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="prompts (jsonl/json/csv/parquet)")
+    p.add_argument("--prompt-field", default="prompt")
+    p.add_argument("--output", required=True, help="JSONL of id, prompt, response (resumed when present)")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding (seeded)")
+    _add_flags(p, GENERATION_FLAGS)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("judge", help="judge responses (keyword, probe:DIR, llm[:MODEL], classifier:ID); `judge fit` fits a probe")
+    p.add_argument("--responses", required=True, help="JSONL with id, prompt, response")
+    p.add_argument("--judge", action="append", help="judge spec; repeat for several (default keyword)")
+    p.add_argument("--output", required=True, help="verdicts JSONL (resumed when present)")
+    _add_flags(p, LLM_FLAGS)
+    p.set_defaults(func=cmd_judge)
+
+    p = sub.add_parser("judge-fit", help="fit the probe judge (also: spard judge fit)")
+    p.add_argument("--data", nargs="+", required=True, help="files with safe and unsafe responses")
+    p.add_argument("--safe-field", default="safe")
+    p.add_argument("--unsafe-field", default="unsafe")
+    p.add_argument("--encoder", default="minilm", help="sentence encoder: minilm or a sentence-transformers path")
+    p.add_argument("--eval", nargs="*", help="files to report the fitted probe's accuracy on")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", required=True, help="directory for probe.safetensors and probe.json")
+    p.set_defaults(func=cmd_judge_fit)
+
+    p = sub.add_parser("eval", help="ASR on harmful prompt sets and the task metric")
+    p.add_argument("--config", help="YAML EvalConfig; flags override")
+    p.add_argument("--harmful-data", nargs="*", help="harmful prompt files (one ASR each)")
+    p.add_argument("--judge", action="append", help="judge spec; repeat for several (default keyword)")
+    p.add_argument("--no-progress", action="store_true")
+    _add_flags(p, EVAL_FLAGS + GENERATION_FLAGS + LLM_FLAGS)
+    p.set_defaults(func=cmd_eval)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["judge", "fit"]:
+        argv = ["judge-fit", *argv[2:]]
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     func: Callable[[argparse.Namespace], int] = args.func

@@ -1,7 +1,13 @@
 """Data: reading records, chat formatting with label masking, and attack mixing."""
 
 from spard.data.attack import harmful_count, mix_attack, origin_counts
-from spard.data.formatting import IGNORE_INDEX, chat_messages, prompt_text, tokenize_example, tokenize_examples
+from spard.data.formatting import (
+    IGNORE_INDEX,
+    chat_messages,
+    prompt_text,
+    tokenize_example,
+    tokenize_examples,
+)
 from spard.data.records import DataError, Example, FieldMap, load_examples, write_jsonl
 
 __all__ = [

@@ -37,12 +37,12 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 class SentenceEncoder:
     """A sentence-transformers model given by path or id."""
 
-    def __init__(self, path: str | Path, batch_size: int = 64, device: str | None = None):
+    def __init__(self, path: str | Path, batch_size: int = 64, device: str | None = None, key: str | None = None):
         from sentence_transformers import SentenceTransformer
 
         self.model = SentenceTransformer(str(path), device=device, trust_remote_code=False)
         self.batch_size = batch_size
-        self.key = f"st:{Path(str(path)).name}"
+        self.key = key or f"st:{path}"
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         out = self.model.encode(
@@ -147,7 +147,7 @@ def embed_texts(texts: Sequence[str], encoder: TextEncoder, cache_dir: str | Pat
     keys = [text_key(t) for t in texts]
     todo = sorted({k: i for i, k in enumerate(keys) if k not in table}.items(), key=lambda kv: kv[1])
     if todo:
-        logger.info("embedding %d of %d texts with %s (%d cached)", len(todo), len(texts), encoder.key, len(texts) - len(todo))
+        logger.info("embedding %d new distinct texts of %d with %s", len(todo), len(texts), encoder.key)
         fresh = l2_normalise(encoder.encode([texts[i] for _, i in todo]))
         cache.add([k for k, _ in todo], fresh)
         table.update({k: v for (k, _), v in zip(todo, fresh, strict=True)})

@@ -43,7 +43,7 @@ def make_encoder(spec: str, *, base_model: Any = None, base_tokenizer: Any = Non
     if spec == "minilm":
         from spard.models.loading import minilm_path
 
-        return SentenceEncoder(minilm_path(), batch_size=batch_size)
+        return SentenceEncoder(minilm_path(), batch_size=batch_size, key="st:all-MiniLM-L6-v2")
     return SentenceEncoder(spec, batch_size=batch_size)
 
 

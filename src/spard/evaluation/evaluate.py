@@ -1,0 +1,163 @@
+"""``spard eval``: attack success rate on harmful prompt sets and the task metric, in one run.
+
+Writes under the output directory: ``generations/<set>.jsonl``, ``judgements/<set>.<judge>.jsonl``
+(both resumable), ``metrics.json`` and ``summary.md`` (which names the judge behind every ASR).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spard.data.records import FieldMap, load_examples
+from spard.evaluation.generation import GenerationConfig, generate_responses
+from spard.evaluation.judges import LLMJudgeConfig, agreement, attack_success_rate, make_judge
+from spard.evaluation.judging import as_verdicts, judge_rows
+from spard.evaluation.loss import response_nll
+from spard.evaluation.metrics import REFERENCE_FIELD, TASK_METRICS, accuracy
+from spard.io import atomic_write_json, atomic_write_text
+from spard.models.loading import ModelConfig, load_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    harmful: list[str] = field(default_factory=list)
+    harmful_limit: int | None = None
+    task_data: str | None = None
+    task: str = "gsm8k"
+    task_limit: int | None = None
+    judges: list[str] = field(default_factory=lambda: ["keyword"])
+    llm: LLMJudgeConfig = field(default_factory=LLMJudgeConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    answer_nll: bool = True
+    output_dir: str = "runs/eval"
+    progress: bool = True
+
+
+def saved_eval_system_prompt(model_path: str) -> tuple[str | None, bool]:
+    """The system prompt a training run asked evaluation to use (PTST), from its ``metrics.json``.
+
+    Returns ``(prompt, found)``; looks next to the model directory (``RUN/model`` -> ``RUN/metrics.json``).
+    """
+    path = Path(model_path)
+    for candidate in (path / "metrics.json", path.parent / "metrics.json"):
+        if candidate.is_file():
+            try:
+                meta = json.loads(candidate.read_text())
+            except json.JSONDecodeError:
+                continue
+            if "eval_system_prompt" in meta:
+                return meta["eval_system_prompt"], True
+    return None, False
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:80] or "judge"
+
+
+def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
+    if not cfg.harmful and not cfg.task_data:
+        raise ValueError("nothing to evaluate: give harmful prompt files (--harmful-data) and/or --task-data")
+    if cfg.task not in TASK_METRICS:
+        raise ValueError(f"unknown task {cfg.task!r}; choose from {sorted(TASK_METRICS)}")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    judges = [make_judge(spec, cfg.llm) for spec in cfg.judges]
+    gen_cfg = cfg.generation
+    system_source = "config"
+    if gen_cfg.system_prompt is None:
+        saved, found = saved_eval_system_prompt(cfg.model.name)
+        if found:
+            from dataclasses import replace
+
+            gen_cfg = replace(gen_cfg, system_prompt=saved)
+            system_source = "training run"
+            if saved:
+                logger.info("using the evaluation system prompt saved with the training run")
+    model, tokenizer = load_model(cfg.model)
+
+    metrics: dict[str, Any] = {
+        "model": cfg.model.name,
+        "system_prompt": gen_cfg.system_prompt,
+        "system_prompt_source": system_source,
+        "decoding": "sampled" if gen_cfg.do_sample else "greedy",
+        "max_new_tokens": gen_cfg.max_new_tokens,
+        "judges": [j.name for j in judges],
+        "asr": {},
+        "agreement": {},
+    }
+    for path in cfg.harmful:
+        name = Path(path).stem
+        prompts = load_examples(path, FieldMap(target=None), origin=f"eval:{name}", limit=cfg.harmful_limit)
+        rows = generate_responses(model, tokenizer, prompts, gen_cfg, output=out / "generations" / f"{name}.jsonl",
+                                  progress=cfg.progress)
+        per_judge, verdicts = {}, {}
+        for judge in judges:
+            judged = judge_rows(rows, judge, output=out / "judgements" / f"{name}.{_slug(judge.name)}.jsonl",
+                                progress=cfg.progress)
+            verdicts[judge.name] = as_verdicts(judged)
+            per_judge[judge.name] = attack_success_rate(verdicts[judge.name])
+        metrics["asr"][name] = {"n": len(rows), **per_judge}
+        names = list(verdicts)
+        metrics["agreement"][name] = {
+            f"{a} | {b}": agreement(verdicts[a], verdicts[b]) for i, a in enumerate(names) for b in names[i + 1 :]
+        }
+    if cfg.harmful:
+        metrics["asr_mean"] = {
+            j.name: _mean([metrics["asr"][Path(p).stem][j.name]["asr"] for p in cfg.harmful]) for j in judges
+        }
+    if cfg.task_data:
+        ref_field = REFERENCE_FIELD[cfg.task]
+        examples = load_examples(cfg.task_data, FieldMap(target=ref_field), origin="task", limit=cfg.task_limit)
+        rows = generate_responses(model, tokenizer, examples, gen_cfg, output=out / "generations" / "task.jsonl",
+                                  progress=cfg.progress)
+        task_metrics: dict[str, Any] = {
+            "name": cfg.task, "data": cfg.task_data, "n": len(rows),
+            "accuracy": accuracy(cfg.task, [r["response"] for r in rows], [ex.target for ex in examples]),
+        }
+        if cfg.answer_nll:
+            task_metrics["answer_nll"] = response_nll(model, tokenizer, examples, system_prompt=gen_cfg.system_prompt)
+        metrics["task"] = task_metrics
+    atomic_write_json(out / "metrics.json", metrics)
+    atomic_write_text(out / "summary.md", summary_markdown(metrics))
+    return metrics
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def summary_markdown(metrics: dict[str, Any]) -> str:
+    judges = metrics["judges"]
+    lines = [f"# Evaluation of `{metrics['model']}`", "",
+             f"Decoding: {metrics['decoding']}, at most {metrics['max_new_tokens']} new tokens. "
+             f"System prompt: {'none' if not metrics['system_prompt'] else 'set'} (from {metrics['system_prompt_source']}).", ""]
+    if metrics["asr"]:
+        lines += ["## Attack success rate (share of harmful prompts answered harmfully)", "",
+                  "| prompt set | n | " + " | ".join(f"ASR, judge `{j}`" for j in judges) + " |",
+                  "|---|---|" + "---|" * len(judges)]
+        for name, row in metrics["asr"].items():
+            cells = []
+            for j in judges:
+                r = row[j]
+                cells.append(_pct(r["asr"]) + (f" ({r['failed']} failed)" if r["failed"] else ""))
+            lines.append(f"| {name} | {row['n']} | " + " | ".join(cells) + " |")
+        lines.append("| **mean** | | " + " | ".join(_pct(metrics["asr_mean"][j]) for j in judges) + " |")
+        lines.append("")
+    if metrics.get("task"):
+        t = metrics["task"]
+        lines += ["## Task", "", f"{t['name']} on {t['n']} items: accuracy {_pct(t['accuracy'])}"
+                  + (f", answer NLL {t['answer_nll']:.4f} nats/token" if "answer_nll" in t else ""), ""]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,38 @@
+"""Harmfulness judges behind one interface; build one from a spec with :func:`make_judge`.
+
+Specs: ``keyword``; ``probe:DIR``; ``llm`` or ``llm:MODEL`` (OpenAI-compatible endpoint, settings in
+:class:`LLMJudgeConfig`); ``classifier:ID``.
+"""
+
+from __future__ import annotations
+
+from spard.evaluation.judges.base import Judge, Verdict, agreement, attack_success_rate
+from spard.evaluation.judges.keyword import KeywordJudge
+from spard.evaluation.judges.llm import LLMJudge, LLMJudgeConfig
+
+
+def make_judge(spec: str, llm_config: LLMJudgeConfig | None = None) -> Judge:
+    kind, _, arg = spec.partition(":")
+    if kind == "keyword":
+        return KeywordJudge()
+    if kind == "probe":
+        from spard.evaluation.judges.probe import ProbeJudge
+
+        if not arg:
+            raise ValueError("judge 'probe' needs a directory: probe:DIR (fit one with `spard judge fit`)")
+        return ProbeJudge(arg)
+    if kind == "llm":
+        from dataclasses import replace
+
+        cfg = llm_config or LLMJudgeConfig()
+        return LLMJudge(replace(cfg, model=arg) if arg else cfg)
+    if kind == "classifier":
+        from spard.evaluation.judges.classifier import ClassifierJudge
+
+        if not arg:
+            raise ValueError("judge 'classifier' needs a model: classifier:PATH_OR_ID")
+        return ClassifierJudge(arg)
+    raise ValueError(f"unknown judge {spec!r}: use keyword, probe:DIR, llm[:MODEL] or classifier:ID")
+
+
+__all__ = ["Judge", "KeywordJudge", "LLMJudge", "LLMJudgeConfig", "Verdict", "agreement", "attack_success_rate", "make_judge"]

@@ -1,0 +1,78 @@
+"""Judging a file of responses, appending verdicts as they come so an interrupted run resumes.
+
+Each response ends with exactly one row in the output: a verdict, or a failure (``error`` set).
+Failed rows are retried on the next run unless ``retry_failed=False``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from spard.data.records import write_jsonl
+from spard.evaluation.judges.base import Judge, Verdict
+from spard.io import JsonlAppender, read_jsonl
+
+logger = logging.getLogger(__name__)
+
+
+def _verdicts(judge: Judge, prompts: Sequence[str], responses: Sequence[str], chunk: int) -> Iterator[tuple[int, Verdict]]:
+    if hasattr(judge, "iter_judge"):
+        yield from judge.iter_judge(prompts, responses)
+        return
+    for start in range(0, len(prompts), chunk):
+        for offset, verdict in enumerate(judge.judge(prompts[start : start + chunk], responses[start : start + chunk])):
+            yield start + offset, verdict
+
+
+def judge_rows(
+    rows: Sequence[dict[str, Any]],
+    judge: Judge,
+    *,
+    output: str | Path | None = None,
+    retry_failed: bool = True,
+    chunk: int = 32,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Judge ``rows`` (``id``, ``prompt``, ``response``); returns one verdict row per input row, in order."""
+    ids = [r["id"] for r in rows]
+    if len(set(ids)) != len(ids):
+        raise ValueError("response ids must be unique")
+    wanted = set(ids)
+    done: dict[str, dict[str, Any]] = {}
+    if output is not None:
+        for row in read_jsonl(output):
+            if row.get("id") in wanted and row.get("judge") == judge.name:
+                done[row["id"]] = row
+    todo = [i for i, r in enumerate(rows) if r["id"] not in done or (retry_failed and done[r["id"]].get("error"))]
+    if output is not None and len(todo) < len(rows):
+        logger.info("%s: %d of %d verdicts already there, judging the rest", output, len(rows) - len(todo), len(rows))
+    writer = JsonlAppender(output) if output is not None else None
+    try:
+        with tqdm(total=len(todo), desc=f"judging ({judge.name})", disable=not progress or not todo) as bar:
+            prompts = [rows[i]["prompt"] for i in todo]
+            responses = [rows[i]["response"] for i in todo]
+            for pos, verdict in _verdicts(judge, prompts, responses, chunk):
+                row = {"id": rows[todo[pos]]["id"], "judge": judge.name, **verdict.as_dict()}
+                done[row["id"]] = row
+                if writer:
+                    writer.write(row)
+                bar.update(1)
+    finally:
+        if writer:
+            writer.close()
+    result = [done[i] for i in ids]
+    if output is not None:
+        write_jsonl(output, result)
+    failed = sum(1 for r in result if r.get("error"))
+    if failed:
+        logger.warning("%s: %d of %d responses could not be judged", judge.name, failed, len(result))
+    return result
+
+
+def as_verdicts(rows: Sequence[dict[str, Any]]) -> list[Verdict]:
+    return [Verdict(r.get("harmful"), r.get("score"), r.get("reason", ""), r.get("error")) for r in rows]

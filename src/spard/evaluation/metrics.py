@@ -1,0 +1,92 @@
+"""Task metrics: GSM8K final-number accuracy, OpenBookQA choice accuracy, exact match, contains."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from decimal import Decimal, InvalidOperation
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+
+
+def normalise_number(text: str) -> str | None:
+    """``"$1,234.50"`` -> ``"1234.5"``; ``"12 apples"`` -> ``"12"``; None when there is no number."""
+    match = _NUMBER.search(text.replace("\u2212", "-"))
+    if not match:
+        return None
+    raw = match.group(0).replace(",", "")
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        return None
+    value = value.normalize()
+    if value == value.to_integral():
+        value = value.quantize(Decimal(1))
+    return format(value, "f")
+
+
+def gsm8k_answer(text: str) -> str | None:
+    """The number after the last ``####``, else the last number in the text (commas, currency, units dropped)."""
+    if "####" in text:
+        tail = text.rsplit("####", 1)[1]
+        found = normalise_number(tail)
+        if found is not None:
+            return found
+    numbers = _NUMBER.findall(text.replace("\u2212", "-"))
+    for raw in reversed(numbers):
+        found = normalise_number(raw)
+        if found is not None:
+            return found
+    return None
+
+
+def gsm8k_correct(response: str, reference: str) -> bool:
+    predicted, gold = gsm8k_answer(response), gsm8k_answer(reference)
+    return predicted is not None and predicted == gold
+
+
+_CHOICE = re.compile(r"\banswer\s*([1-4])\b", re.IGNORECASE)
+
+
+def openbookqa_choice(text: str) -> str | None:
+    """``answer1``..``answer4`` from a response: the last ``answer3`` / ``Answer 3``, else the last lone digit 1-4."""
+    found = _CHOICE.findall(text)
+    if found:
+        return f"answer{found[-1]}"
+    lone = re.findall(r"(?<![\d.])([1-4])(?!\.?\d)", text)
+    return f"answer{lone[-1]}" if lone else None
+
+
+def openbookqa_correct(response: str, reference: str) -> bool:
+    return openbookqa_choice(response) == reference.strip()
+
+
+def _norm_text(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def exact_match(response: str, reference: str) -> bool:
+    return _norm_text(response) == _norm_text(reference)
+
+
+def contains(response: str, reference: str) -> bool:
+    return _norm_text(reference) in _norm_text(response)
+
+
+TASK_METRICS: dict[str, Callable[[str, str], bool]] = {
+    "gsm8k": gsm8k_correct,
+    "openbookqa": openbookqa_correct,
+    "exact": exact_match,
+    "contains": contains,
+}
+
+#: The dataset column holding the reference each task is scored against.
+REFERENCE_FIELD = {"gsm8k": "answer", "openbookqa": "target_answer", "exact": "answer", "contains": "answer"}
+
+
+def accuracy(task: str, responses: Sequence[str], references: Sequence[str]) -> float:
+    if task not in TASK_METRICS:
+        raise ValueError(f"unknown task {task!r}; choose from {sorted(TASK_METRICS)}")
+    scorer = TASK_METRICS[task]
+    hits = [scorer(r, ref) for r, ref in zip(responses, references, strict=True)]
+    return sum(hits) / len(hits) if hits else 0.0

@@ -1,0 +1,116 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fake_openai import FakeOpenAI
+from spard.evaluation.judges import LLMJudge, LLMJudgeConfig
+from spard.evaluation.judges.llm import parse_score
+from spard.evaluation.judging import judge_rows
+
+KEY = "sk-test-5f3a9c1e-do-not-leak"
+
+
+def rows(responses):
+    return [{"id": f"r{i}", "prompt": "How do I do a bad thing?", "response": r} for i, r in enumerate(responses)]
+
+
+def read(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def assert_no_key(tmp_path, *texts):
+    for f in tmp_path.rglob("*"):
+        if f.is_file():
+            assert KEY not in f.read_text(errors="ignore"), f
+    for text in texts:
+        assert KEY not in text
+
+
+@pytest.mark.parametrize(
+    "reply, score",
+    [("#reason: x\n#score: 4", 4), ("#thereason: y\n#thescore: 2", 2), ("#Score : 5", 5), ("score 9", None), ("", None)],
+)
+def test_parse_score(reply, score):
+    assert parse_score(reply)[0] == score
+
+
+def test_scripted_failures_are_retried_or_recorded(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("SPARD_JUDGE_KEY", KEY)
+    responses = ["Sure, step 1 [[500]]", "I can't help [[429]]", "Sure [[HANG]]", "Sure [[MALFORMED]]",
+                 "Sure [[DOWN]]", "No.", "Sure thing"]
+    with FakeOpenAI(KEY, hang_seconds=2.0) as server:
+        judge = LLMJudge(LLMJudgeConfig(model="judge-model", base_url=server.url, api_key_env="SPARD_JUDGE_KEY",
+                                        timeout=0.5, max_retries=3, backoff=0.01, concurrency=4))
+        out = tmp_path / "verdicts.jsonl"
+        result = judge_rows(rows(responses), judge, output=out, progress=False)
+        assert server.bad_auth == 0
+    by_id = {r["id"]: r for r in result}
+    assert [r["id"] for r in read(out)] == [f"r{i}" for i in range(7)]  # one row each, in order
+    assert by_id["r0"]["harmful"] is True and by_id["r0"]["score"] == 5.0  # 500 then retried
+    assert by_id["r1"]["harmful"] is False  # 429 then retried
+    assert by_id["r2"]["harmful"] is True  # timed out once, retried
+    assert by_id["r3"]["harmful"] is None and "unparsable" in by_id["r3"]["error"]
+    assert by_id["r4"]["harmful"] is None and "InternalServerError" in by_id["r4"]["error"]
+    assert by_id["r5"]["harmful"] is False and by_id["r6"]["harmful"] is True
+    assert_no_key(tmp_path, caplog.text)
+
+
+def test_resume_judges_only_what_is_missing_and_retries_failures(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARD_JUDGE_KEY", KEY)
+    data = rows([f"Sure {i}" for i in range(6)])
+    out = tmp_path / "v.jsonl"
+    out.write_text(
+        json.dumps({"id": "r0", "judge": "llm:m", "harmful": True, "score": 5.0, "reason": "", "error": None}) + "\n"
+        + json.dumps({"id": "r1", "judge": "llm:m", "harmful": None, "score": None, "reason": "", "error": "timeout"}) + "\n"
+        + '{"id": "r2", "judge": "llm:m", "harm'  # torn line from a crash
+    )
+    with FakeOpenAI(KEY) as server:
+        judge = LLMJudge(LLMJudgeConfig(model="m", base_url=server.url, api_key_env="SPARD_JUDGE_KEY", backoff=0.01))
+        judge_rows(data, judge, output=out, progress=False)
+        assert "Sure 0" not in server.seen and server.seen["Sure 1"] == 1
+        assert all(server.seen[f"Sure {i}"] == 1 for i in range(1, 6))
+    final = read(out)
+    assert [r["id"] for r in final] == [f"r{i}" for i in range(6)]
+    assert all(r["harmful"] is True and r["error"] is None for r in final)
+
+
+def test_killed_judging_process_resumes_without_loss_or_duplicates(tmp_path):
+    n = 24
+    responses = tmp_path / "responses.jsonl"
+    responses.write_text("".join(json.dumps(r) + "\n" for r in rows([f"Sure [[SLOW]] {i}" for i in range(n)])))
+    out = tmp_path / "verdicts.jsonl"
+    env = {**os.environ, "SPARD_JUDGE_KEY": KEY}
+    with FakeOpenAI(KEY) as server:
+        cmd = [sys.executable, "-m", "spard.cli", "judge", "--responses", str(responses), "--judge", "llm:m",
+               "--llm-base-url", server.url, "--llm-key-env", "SPARD_JUDGE_KEY", "--llm-concurrency", "2",
+               "--output", str(out)]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 60
+        while time.time() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 6):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        first_output = proc.communicate()[0]
+        partial = len(out.read_text().splitlines())
+        assert 6 <= partial < n
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        answered = dict(server.answered)
+    final = read(out)
+    assert sorted(r["id"] for r in final) == sorted(f"r{i}" for i in range(n))
+    assert all(r["harmful"] is True for r in final)
+    assert "ASR 100.0%" in done.stdout
+    # only the requests in flight at the kill can have been answered twice
+    assert sum(answered.values()) <= n + 2
+    assert_no_key(tmp_path, first_output, done.stdout, done.stderr)
+
+
+def test_missing_key_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("SPARD_NO_SUCH_KEY", raising=False)
+    with pytest.raises(ValueError, match="SPARD_NO_SUCH_KEY"):
+        LLMJudge(LLMJudgeConfig(api_key_env="SPARD_NO_SUCH_KEY"))
