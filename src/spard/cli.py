@@ -229,9 +229,9 @@ def cmd_judge_fit(args: argparse.Namespace) -> int:
             for ex in load_examples(path, FieldMap(target=field)):
                 texts.append(ex.target)
                 labels.append(label)
-    probe = fit_probe(texts, labels, encoder=args.encoder, seed=args.seed)
+    probe = fit_probe(texts, labels, features=args.features, encoder=args.encoder, seed=args.seed, C=args.C)
     probe.save(args.output)
-    print(f"probe on {len(texts)} responses ({sum(labels)} unsafe): held-out accuracy "
+    print(f"probe ({args.features}) on {len(texts)} responses ({sum(labels)} unsafe): held-out accuracy "
           f"{100 * probe.info['heldout_accuracy']:.2f}% ({probe.info['heldout_size']} responses); saved to {args.output}")
     if args.eval:
         judge = ProbeJudge(args.output)
@@ -326,7 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="+", required=True, help="files with safe and unsafe responses")
     p.add_argument("--safe-field", default="safe")
     p.add_argument("--unsafe-field", default="unsafe")
-    p.add_argument("--encoder", default="minilm", help="sentence encoder: minilm or a sentence-transformers path")
+    p.add_argument("--features", default="tfidf", help="tfidf, embedding or tfidf+embedding")
+    p.add_argument("--C", type=float, default=10.0, help="inverse regularisation strength")
+    p.add_argument("--encoder", default="minilm", help="sentence encoder for embedding features: minilm or a path")
     p.add_argument("--eval", nargs="*", help="files to report the fitted probe's accuracy on")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", required=True, help="directory for probe.safetensors and probe.json")
