@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from fake_openai import FakeOpenAI
+
 from spard.evaluation.judges import LLMJudge, LLMJudgeConfig
 from spard.evaluation.judges.llm import parse_score
 from spard.evaluation.judging import judge_rows

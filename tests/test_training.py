@@ -31,7 +31,7 @@ def base_config(tiny_model_dir, toy_data, out, **over):
     for key, value in over.items():
         section, _, leaf = key.partition(".")
         if leaf:
-            cfg[section][leaf] = value
+            cfg.setdefault(section, {})[leaf] = value
         else:
             cfg[section] = value
     return from_dict(TrainConfig, cfg)

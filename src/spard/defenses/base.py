@@ -33,6 +33,14 @@ class Defense:
         if self.uses_safety_data and not self.config.data.safe_pool:
             raise ValueError(f"defense {self.name!r} needs a safety pool: set data.safe_pool (--safe-pool)")
 
+    def safety_source(self) -> tuple[str, str]:
+        """(file, target field) the ``k`` safety samples are drawn from."""
+        return self.config.data.safe_pool, self.config.data.safe_target_field
+
+    def total_updates(self, utility_updates: int) -> int:
+        """Optimiser updates to run so that ``utility_updates`` of them are on user data."""
+        return utility_updates
+
     def training_examples(self, task: Sequence[Example], safe: Sequence[Example]) -> list[Example]:
         """The examples the utility steps train on (by default the possibly poisoned task set)."""
         return list(task)

@@ -50,9 +50,10 @@ class TrainingSettings:
 
 @dataclass
 class SafeInstrConfig:
-    """SafeInstr: mix ``k`` safety demonstrations (the SPARD budget) into the fine-tuning set."""
+    """SafeInstr: mix ``k`` safety samples (the SPARD budget) into the fine-tuning set, drawn from the
+    shared pool (``safe_pool``, the fairness default) or from ``data.safety_demos`` (``safety_demos``)."""
 
-    source: str = "safety_demos"  # or "safe_pool"
+    source: str = "safe_pool"
 
 
 @dataclass
@@ -63,7 +64,7 @@ class LisaConfig:
     alignment_steps: int = 100
     finetune_steps: int = 900
     rho: float = 1.0
-    alignment_batch_size: int = 4
+    alignment_batch_size: int | None = None  # default: the fine-tuning batch size
 
 
 @dataclass
@@ -93,11 +94,15 @@ class SafeLoRAConfig:
     ``unaligned_model`` is the base model before safety alignment; the aligned model is the one being
     fine-tuned. Layers are projected where the cosine between the projected and the original update is
     below ``threshold``, or, when ``num_layers`` is set, the ``num_layers`` least similar layers.
+    ``projection``: ``paper`` (V V^T / ||V||_F) or ``orthogonal`` (onto the top-``rank`` left singular
+    vectors of V; ``rank`` defaults to the LoRA rank).
     """
 
     unaligned_model: str | None = None
     threshold: float = 0.5
     num_layers: int | None = None
+    projection: str = "paper"
+    rank: int | None = None
 
 
 @dataclass

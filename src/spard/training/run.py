@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -52,9 +53,9 @@ def load_task_examples(cfg: TrainConfig) -> list[Example]:
     return task
 
 
-def load_safety_pool(cfg: TrainConfig) -> list[Example]:
+def load_safety_pool(cfg: TrainConfig, source: str, target_field: str) -> list[Example]:
     d = cfg.data
-    return load_examples(d.safe_pool, FieldMap(prompt=d.prompt_field, input=d.input_field, target=d.safe_target_field), origin="safety")
+    return load_examples(source, FieldMap(prompt=d.prompt_field, input=d.input_field, target=target_field), origin="safety")
 
 
 def training_arguments(cfg: TrainConfig, output_dir: Path) -> Any:
@@ -108,7 +109,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     safe_examples: list[Example] = []
     selection_info: dict[str, Any] = {}
     if defense.uses_safety_data:
-        pool = load_safety_pool(cfg)
+        pool = load_safety_pool(cfg, *defense.safety_source())
         encoder = None
         if selection_cfg.method != "random":
             encoder = make_encoder(
@@ -129,9 +130,16 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         if safe_examples
         else None
     )
+    args = training_arguments(cfg, out)
+    utility_updates = args.max_steps if args.max_steps > 0 else math.ceil(
+        cfg.training.epochs * math.ceil(len(train_ds) / (cfg.training.batch_size * cfg.training.gradient_accumulation_steps))
+    )
+    if defense.total_updates(utility_updates) != utility_updates:
+        args.max_steps = defense.total_updates(utility_updates)
+        logger.info("%s runs %d updates so that %d are on the fine-tuning data", defense.name, args.max_steps, utility_updates)
     trainer = defense.trainer_class(
         model=model,
-        args=training_arguments(cfg, out),
+        args=args,
         train_dataset=train_ds,
         data_collator=data_collator(tokenizer),
         processing_class=tokenizer,

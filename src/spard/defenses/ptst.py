@@ -1,0 +1,18 @@
+"""PTST, "pure tuning, safe testing" (Lyu et al., 2024): fine-tune with the plain chat template, no
+safety system prompt; evaluate with one. The evaluation prompt is saved in the run's
+``metrics.json`` (``eval_system_prompt``) and ``spard eval`` / ``spard generate`` pick it up."""
+
+from __future__ import annotations
+
+from spard.defenses.base import Defense, register
+
+
+@register
+class PTST(Defense):
+    name = "ptst"
+
+    def train_system_prompt(self) -> str | None:
+        return None
+
+    def eval_system_prompt(self) -> str | None:
+        return self.config.ptst.eval_system_prompt
