@@ -2,14 +2,13 @@ import json
 
 import pytest
 import torch
+from test_training import base_config
 
 from spard.defenses import DEFENSES
-from spard.defenses.lisa import LisaTrainer
 from spard.defenses.safegrad import SafeGradTrainer, remove_conflict
 from spard.defenses.safelora import alignment_projector, apply_safelora, lora_layers
 from spard.models import LoraSettings, load_model, prepare_for_training
 from spard.training.run import run_training
-from test_training import base_config
 
 ALL = ["sft", "spard", "safeinstr", "lisa", "ptst", "safegrad", "safelora"]
 
@@ -155,7 +154,7 @@ def test_safelora_projects_the_least_similar_layers_and_leaves_the_rest(tiny_mod
             if "lora_B" in name:
                 p.normal_(0, 0.1)
     layers = lora_layers(model)
-    before = {n: (l.scaling["default"] * l.lora_B["default"].weight @ l.lora_A["default"].weight).detach().double() for n, l in layers.items()}
+    before = {n: (m.scaling["default"] * m.lora_B["default"].weight @ m.lora_A["default"].weight).detach().double() for n, m in layers.items()}
     unaligned, _ = load_model(str(unaligned_dir))
     unaligned_w = {k: v for k, v in unaligned.state_dict().items() if k in layers}
     stats = apply_safelora(model, unaligned_w, threshold=0.0, num_layers=3, form="orthogonal", rank=4)

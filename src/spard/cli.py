@@ -273,6 +273,94 @@ EVAL_FLAGS: list[tuple[str, str, type | None, str]] = [
 ]
 
 
+# ---- spard align / bench / demo ----
+ALIGN_FLAGS: list[tuple[str, str, type | None, str]] = [
+    ("--model", "model.name", str, "model to align"),
+    ("--refusals", "refusals", str, "refusal data: harmful prompt -> safe answer"),
+    ("--refusal-field", "refusal_field", str, "column of the refusals (default safe)"),
+    ("--n-refusals", "n_refusals", int, "refusal samples to train on"),
+    ("--benign", "benign", str, "benign task data mixed in"),
+    ("--n-benign", "n_benign", int, "benign samples to train on"),
+    ("--max-steps", "training.max_steps", int, "optimiser updates"),
+    ("--lr", "training.learning_rate", float, "learning rate"),
+    ("--batch-size", "training.batch_size", int, "batch size"),
+    ("--check-benign", "check_benign", str, "benign prompts for the over-refusal check"),
+    ("--check-limit", "check_limit", int, "prompts per check set"),
+    ("--output-dir", "output_dir", str, "where the aligned model and report go"),
+]
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    from spard.training.align import AlignConfig, run_alignment
+
+    overrides = _overrides(args, ALIGN_FLAGS)
+    if args.check_harmful:
+        overrides["check_harmful"] = args.check_harmful
+    cfg = load_config(AlignConfig, args.config, overrides)
+    report = run_alignment(cfg)
+
+    def rates(side: dict) -> str:
+        if not side:
+            return "not measured"
+        over = side.get("over_refusal")
+        return (f"refusal {100 * side.get('refusal', float('nan')):.1f}% on harmful prompts"
+                + (f", over-refusal {100 * over:.1f}% on benign prompts" if over is not None else ""))
+
+    print(f"before: {rates(report['before'])}")
+    print(f"after:  {rates(report['after'])}  (keyword judge, {cfg.check_limit} prompts per set)")
+    print(f"aligned model: {report['aligned_model']}")
+    return 0
+
+
+def _print_results(output_dir: str) -> None:
+    results = Path(output_dir) / "results.md"
+    if results.exists():
+        print(results.read_text())
+    pngs = sorted(Path(output_dir).glob("*.png"))
+    if pngs:
+        print("plots: " + ", ".join(str(p) for p in pngs))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from spard.bench.runner import load_bench_config, run_bench
+
+    cfg = load_bench_config(args.config)
+    if args.output_dir:
+        cfg.output_dir = args.output_dir
+    rows = run_bench(cfg, progress=not args.no_progress, dry_run=args.dry_run)
+    if args.dry_run:
+        todo = [r for r in rows if r.get("status") == "to do"]
+        print(f"{len(rows)} runs in the grid, {len(todo)} still to do")
+        for r in todo:
+            print(f"  {r['run']}")
+        return 0
+    _print_results(cfg.output_dir)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from spard.bench.demo import demo_config
+    from spard.bench.runner import run_bench
+
+    started = time.perf_counter()
+    cfg = demo_config(args.output_dir, model=args.model, steps=args.steps)
+    rows = run_bench(cfg, progress=not args.no_progress)
+    align = json.loads((Path(args.output_dir) / "align" / "alignment.json").read_text())
+    print(f"\nAlignment of {align['base_model']}: refusal on held-out harmful prompts "
+          f"{100 * align['before'].get('refusal', 0):.0f}% -> {100 * align['after'].get('refusal', 0):.0f}%, "
+          f"over-refusal on benign prompts {100 * align['before'].get('over_refusal', 0):.0f}% -> "
+          f"{100 * align['after'].get('over_refusal', 0):.0f}% (keyword judge)")
+    print("\nAttack: toy fine-tuning set poisoned with compliance-shaped samples; SFT vs SPARD:\n")
+    print("| defense | ASR (keyword) | task accuracy | answer NLL | s / update |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['label']} | {100 * (r.get('asr_mean[keyword]') or 0):.1f}% | {100 * (r.get('task_accuracy') or 0):.1f}% "
+              f"| {r.get('answer_nll') or 0:.3f} | {r.get('seconds_per_update') or 0:.2f} |")
+    print(f"\nfull results: {Path(args.output_dir) / 'results.md'}; plots: "
+          + ", ".join(str(p) for p in sorted(Path(args.output_dir).glob('*.png'))))
+    print(f"demo wall time: {time.perf_counter() - started:.0f}s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spard", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -341,6 +429,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     _add_flags(p, EVAL_FLAGS + GENERATION_FLAGS + LLM_FLAGS)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("align", help="safety-align a model (refusals + benign data) and report refusal before/after")
+    p.add_argument("--config", help="YAML AlignConfig; flags override")
+    p.add_argument("--check-harmful", nargs="*", help="held-out harmful prompt files for the refusal check")
+    _add_flags(p, ALIGN_FLAGS)
+    p.set_defaults(func=cmd_align)
+
+    p = sub.add_parser("bench", help="run a grid of attacks x defenses x seeds (resumable) and write tables and plots")
+    p.add_argument("config", help="benchmark YAML (see configs/)")
+    p.add_argument("--output-dir", help="override the config's output_dir")
+    p.add_argument("--dry-run", action="store_true", help="list the runs still to do and stop")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("demo", help="align, attack with sft and spard, evaluate, print the table (offline)")
+    p.add_argument("--output-dir", default="runs/demo")
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--steps", type=int, default=40, help="fine-tuning updates per defense")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -1,0 +1,133 @@
+"""The benchmark grid: models x attacks x defenses x harmful ratios x seeds, each run keyed by a hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from spard.config import ConfigError, from_dict, merge, to_dict
+from spard.evaluation.evaluate import EvalConfig
+from spard.training.config import TrainConfig
+
+#: In ``models``, this name stands for the output of the config's alignment stage.
+ALIGNED = "@aligned"
+
+
+@dataclass
+class DefenseSpec:
+    """A defense under a label, with config overrides (for ablations: ``spard-closed``, ``spard-random``...)."""
+
+    label: str
+    defense: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GridSpec:
+    models: list[str] = field(default_factory=lambda: [ALIGNED])
+    attacks: list[str] = field(default_factory=list)
+    defenses: list[str] = field(default_factory=list)
+    harmful_ratios: list[float] = field(default_factory=lambda: [0.1])
+    seeds: list[int] = field(default_factory=lambda: [0])
+
+
+@dataclass
+class BenchConfig:
+    name: str = "bench"
+    output_dir: str = "runs/bench"
+    #: TrainConfig fields shared by every run (nested mapping).
+    train: dict[str, Any] = field(default_factory=dict)
+    #: EvalConfig fields shared by every run; ``harmful`` defaults to every file in ``eval_sets``.
+    eval: dict[str, Any] = field(default_factory=dict)
+    #: attack name -> file of harmful training samples; ``none`` is the p = 0 control.
+    attacks: dict[str, str] = field(default_factory=dict)
+    #: family name -> held-out harmful prompts; ASR is measured on all of them.
+    eval_sets: dict[str, str] = field(default_factory=dict)
+    defenses: list[DefenseSpec | str] = field(default_factory=list)
+    grids: list[GridSpec] = field(default_factory=list)
+    #: optional AlignConfig fields: align first and use the result wherever ``@aligned`` appears.
+    align: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    model: str
+    attack: str
+    label: str
+    defense: str
+    harmful_ratio: float
+    seed: int
+    train: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return config_hash(self.train)
+
+    @property
+    def name(self) -> str:
+        return f"{self.label}-{self.attack}-p{self.harmful_ratio:g}-s{self.seed}-{self.key[:10]}"
+
+
+def config_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def defense_specs(cfg: BenchConfig) -> dict[str, DefenseSpec]:
+    specs = {}
+    for item in cfg.defenses:
+        spec = DefenseSpec(label=item, defense=item) if isinstance(item, str) else item
+        specs[spec.label] = spec
+    return specs
+
+
+def _nested(overrides: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for dotted, value in overrides.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def expand(cfg: BenchConfig, aligned_model: str | None = None, unaligned_model: str | None = None) -> list[RunSpec]:
+    """Every run of the grids, in order, with its fully resolved training config (duplicates dropped)."""
+    specs = defense_specs(cfg)
+    runs: dict[str, RunSpec] = {}
+    for g, grid in enumerate(cfg.grids):
+        for model in grid.models:
+            model_name = aligned_model if model == ALIGNED else model
+            if model_name is None:
+                raise ConfigError(f"grids[{g}]: model {ALIGNED} needs an `align` section")
+            for attack in grid.attacks:
+                if attack != "none" and attack not in cfg.attacks:
+                    raise ConfigError(f"grids[{g}]: unknown attack {attack!r} (known: {', '.join(cfg.attacks) or 'none'})")
+                for label in grid.defenses:
+                    if label not in specs:
+                        raise ConfigError(f"grids[{g}]: unknown defense {label!r} (known: {', '.join(specs)})")
+                    spec = specs[label]
+                    for ratio in grid.harmful_ratios:
+                        ratio = 0.0 if attack == "none" else ratio
+                        for seed in grid.seeds:
+                            train = merge(cfg.train, _nested(spec.overrides))
+                            train = merge(train, {
+                                "model": {"name": model_name}, "defense": spec.defense,
+                                "data": {"harmful": cfg.attacks.get(attack), "harmful_ratio": ratio},
+                                "training": {"seed": seed},
+                            })
+                            if spec.defense == "safelora" and unaligned_model and not train.get("safelora", {}).get("unaligned_model"):
+                                train = merge(train, {"safelora": {"unaligned_model": unaligned_model}})
+                            resolved = to_dict(from_dict(TrainConfig, train, f"{spec.label}/{attack}"))
+                            resolved.pop("output_dir"), resolved.pop("progress")
+                            run = RunSpec(model_name, attack, label, spec.defense, ratio, seed, resolved)
+                            runs.setdefault(run.key, run)
+    return list(runs.values())
+
+
+def eval_config(cfg: BenchConfig) -> EvalConfig:
+    data = dict(cfg.eval)
+    data.setdefault("harmful", list(cfg.eval_sets.values()))
+    return from_dict(EvalConfig, data, "eval")

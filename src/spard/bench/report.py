@@ -1,0 +1,198 @@
+"""Benchmark tables (CSV, JSON, Markdown) and plots (PNG), rewritten atomically after every run."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from spard.io import atomic_write_json, atomic_write_text, read_jsonl
+
+
+def judges_in(rows: Sequence[dict[str, Any]]) -> list[str]:
+    found: list[str] = []
+    for row in rows:
+        for key in row:
+            if key.startswith("asr_mean[") and key[9:-1] not in found:
+                found.append(key[9:-1])
+    return found
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def _fmt(value: float | None, pct: bool = False, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    return f"{100 * value:.1f}%" if pct else f"{value:.{digits}f}"
+
+
+def _pm(values: list[float], pct: bool = False, digits: int = 3) -> str:
+    mean, std = _mean_std(values)
+    if mean is None:
+        return "n/a"
+    if std and len([v for v in values if v is not None]) > 1:
+        return f"{_fmt(mean, pct, digits)} ± {_fmt(std, pct, digits)}"
+    return _fmt(mean, pct, digits)
+
+
+def summary_by_defense(rows: Sequence[dict[str, Any]], judge: str) -> list[dict[str, Any]]:
+    """Per (defense label, harmful ratio): mean ASR over attacks and seeds, task metrics, cost."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(row["label"], row["harmful_ratio"])].append(row)
+    out = []
+    for (label, ratio), items in groups.items():
+        out.append({
+            "label": label, "harmful_ratio": ratio, "runs": len(items),
+            "attacks": sorted({r["attack"] for r in items}), "seeds": sorted({r["seed"] for r in items}),
+            "asr": [r.get(f"asr_mean[{judge}]") for r in items],
+            "task_accuracy": [r.get("task_accuracy") for r in items],
+            "answer_nll": [r.get("answer_nll") for r in items],
+            "seconds_per_update": [r.get("seconds_per_update") for r in items],
+        })
+    return out
+
+
+def markdown(rows: Sequence[dict[str, Any]], title: str) -> str:
+    judges = judges_in(rows)
+    lines = [f"# {title}", ""]
+    if not rows:
+        return "\n".join(lines + ["No finished runs yet.", ""])
+    for judge in judges:
+        lines += [f"## By defense (ASR judge: `{judge}`; mean ± sd over attacks and seeds)", "",
+                  "| defense | p | runs | ASR | task accuracy | answer NLL | s / update |", "|---|---|---|---|---|---|---|"]
+        for s in sorted(summary_by_defense(rows, judge), key=lambda s: (s["harmful_ratio"], s["label"])):
+            lines.append(
+                f"| {s['label']} | {s['harmful_ratio']:g} | {s['runs']} | {_pm(s['asr'], pct=True)} | "
+                f"{_pm(s['task_accuracy'], pct=True)} | {_pm(s['answer_nll'])} | {_pm(s['seconds_per_update'], digits=2)} |"
+            )
+        lines.append("")
+    families = sorted({k.split("]")[0][4:] for r in rows for k in r if k.startswith("asr[")})
+    if families and judges:
+        j = judges[0]
+        lines += [f"## Every run (ASR per held-out family, judge `{j}`)", "",
+                  "| defense | attack | p | seed | " + " | ".join(families) + " | mean | task acc. | answer NLL | s/upd. | fired |",
+                  "|---|---|---|---|" + "---|" * (len(families) + 5)]
+        for r in rows:
+            cells = [_fmt(r.get(f"asr[{f}][{j}]"), pct=True) for f in families]
+            fired = f"{r['projections_fired']}/{r['updates']}" if "projections_fired" in r else ""
+            lines.append(
+                f"| {r['label']} | {r['attack']} | {r['harmful_ratio']:g} | {r['seed']} | " + " | ".join(cells)
+                + f" | {_fmt(r.get(f'asr_mean[{j}]'), pct=True)} | {_fmt(r.get('task_accuracy'), pct=True)} | "
+                f"{_fmt(r.get('answer_nll'))} | {_fmt(r.get('seconds_per_update'), digits=2)} | {fired} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def plot_results(out: Path, rows: Sequence[dict[str, Any]]) -> list[Path]:
+    """ASR vs task metric, ASR per attack per defense, and SPAG's safe loss over training."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[Path] = []
+    judges = judges_in(rows)
+    if not rows or not judges:
+        return written
+    judge = judges[0]
+    labels = sorted({r["label"] for r in rows})
+    colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, metric, name in ((axes[0], "task_accuracy", "task accuracy"), (axes[1], "answer_nll", "held-out answer NLL (lower is better)")):
+        for label in labels:
+            pts = [(r.get(metric), r.get(f"asr_mean[{judge}]")) for r in rows if r["label"] == label]
+            pts = [(x, y) for x, y in pts if x is not None and y is not None]
+            if pts:
+                ax.scatter([x for x, _ in pts], [100 * y for _, y in pts], color=colors[label], label=label, alpha=0.8)
+        ax.set_xlabel(name)
+        ax.set_ylabel(f"ASR % (judge: {judge})")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Attack success rate against task metric, one point per run")
+    fig.tight_layout()
+    written.append(_save(fig, out / "asr_vs_task.png"))
+
+    attacks = sorted({r["attack"] for r in rows})
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(attacks) + 2), 4.2))
+    width = 0.8 / max(1, len(labels))
+    for i, label in enumerate(labels):
+        means = []
+        for attack in attacks:
+            vals = [r.get(f"asr_mean[{judge}]") for r in rows if r["label"] == label and r["attack"] == attack]
+            mean, _ = _mean_std(vals)
+            means.append(100 * mean if mean is not None else 0.0)
+        ax.bar([a + i * width for a in range(len(attacks))], means, width, label=label, color=colors[label])
+    ax.set_xticks([a + 0.4 - width / 2 for a in range(len(attacks))], attacks)
+    ax.set_ylabel(f"ASR % (judge: {judge})")
+    ax.set_title("ASR per attack and defense (mean over seeds)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    written.append(_save(fig, out / "asr_per_attack.png"))
+
+    spag_runs = [r for r in rows if r["defense"] == "spard"][:6]
+    if spag_runs:
+        fig, axes = plt.subplots(1, len(spag_runs), figsize=(4.2 * len(spag_runs), 3.6), squeeze=False)
+        for ax, r in zip(axes[0], spag_runs, strict=False):
+            log = list(read_jsonl(out / "runs" / r["run"] / "train_log.jsonl"))
+            steps = [x["step"] for x in log]
+            ax.plot(steps, [x["safe_loss"] for x in log], lw=1, label="safe loss before")
+            fired = [x for x in log if x.get("fired")]
+            ax.scatter([x["step"] for x in fired], [x["safe_loss"] for x in fired], s=10, color="red", label="projection fired")
+            if r.get("tau") is not None:
+                ax.axhline(r["tau"], color="gray", ls="--", lw=1, label="tau")
+            ax.set_title(f"{r['label']} / {r['attack']} / seed {r['seed']}", fontsize=9)
+            ax.set_xlabel("update")
+            ax.set_ylabel("safe mini-batch loss")
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        written.append(_save(fig, out / "spag_safe_loss.png"))
+    return written
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_results(out: Path, rows: Sequence[dict[str, Any]], cfg: Any) -> None:
+    atomic_write_json(out / "results.json", list(rows))
+    write_csv(out / "results.csv", rows)
+    atomic_write_text(out / "results.md", markdown(rows, f"Benchmark `{cfg.name}`"))
+    plot_results(out, rows)
+
+
+def load_rows(out: Path) -> list[dict[str, Any]]:
+    return json.loads((out / "results.json").read_text())

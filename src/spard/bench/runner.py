@@ -1,0 +1,144 @@
+"""``spard bench``: run a grid of fine-tuning runs, evaluate each, and write tables and plots.
+
+Layout under ``output_dir``: ``align/`` (when the config aligns first), ``runs/<run name>/`` (the
+training artefacts, ``eval/``, and ``run.json`` naming the grid cell), and ``results.{csv,json,md}``
+plus PNG plots. A run counts as finished when its ``metrics.json`` and ``eval/metrics.json`` exist and
+its ``run.json`` matches; finished runs are skipped, a partial one is trained again from scratch,
+and an interrupted evaluation resumes its generations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from spard.bench.config import ALIGNED, BenchConfig, RunSpec, eval_config, expand
+from spard.config import from_dict, load_yaml
+from spard.io import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+
+def load_bench_config(path: str | Path) -> BenchConfig:
+    return from_dict(BenchConfig, load_yaml(path), str(path))
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def run_align_stage(cfg: BenchConfig, out: Path, progress: bool) -> tuple[str | None, str | None]:
+    """Align once (skipped when ``align/alignment.json`` exists); returns (aligned model, unaligned model)."""
+    if not cfg.align:
+        return None, None
+    from spard.training.align import AlignConfig, run_alignment
+
+    align_cfg = from_dict(AlignConfig, {**cfg.align, "output_dir": str(out / "align"), "progress": progress}, "align")
+    report = _read_json(out / "align" / "alignment.json")
+    if report is None or not (out / "align" / "model" / "config.json").exists():
+        logger.info("alignment stage: training %s", align_cfg.model.name)
+        report = run_alignment(align_cfg)
+    return report["aligned_model"], align_cfg.model.name
+
+
+def is_finished(run_dir: Path, run: RunSpec) -> bool:
+    meta = _read_json(run_dir / "run.json")
+    return (
+        meta is not None and meta.get("key") == run.key
+        and _read_json(run_dir / "metrics.json") is not None
+        and _read_json(run_dir / "eval" / "metrics.json") is not None
+    )
+
+
+def execute_run(run: RunSpec, run_dir: Path, cfg: BenchConfig, progress: bool) -> None:
+    from spard.evaluation.evaluate import run_evaluation
+    from spard.training.config import TrainConfig
+    from spard.training.run import run_training
+
+    meta = _read_json(run_dir / "run.json")
+    trained = meta is not None and meta.get("key") == run.key and _read_json(run_dir / "metrics.json") is not None
+    if not trained:
+        if run_dir.exists():
+            logger.info("%s: partial or stale run, training again", run_dir.name)
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        atomic_write_json(run_dir / "run.json", {"key": run.key, "pending": True, **_cell(run)})
+        train_cfg = from_dict(TrainConfig, {**run.train, "output_dir": str(run_dir), "progress": progress})
+        run_training(train_cfg)
+    ev = eval_config(cfg)
+    ev = dataclasses.replace(ev, output_dir=str(run_dir / "eval"), progress=progress,
+                             model=dataclasses.replace(ev.model, name=str(run_dir / "model")))
+    run_evaluation(ev)
+    atomic_write_json(run_dir / "run.json", {"key": run.key, **_cell(run)})
+
+
+def _cell(run: RunSpec) -> dict[str, Any]:
+    return {"model": run.model, "attack": run.attack, "label": run.label, "defense": run.defense,
+            "harmful_ratio": run.harmful_ratio, "seed": run.seed}
+
+
+def result_row(run: RunSpec, run_dir: Path) -> dict[str, Any]:
+    train = _read_json(run_dir / "metrics.json") or {}
+    ev = _read_json(run_dir / "eval" / "metrics.json") or {}
+    t = train.get("training", {})
+    row: dict[str, Any] = {**_cell(run), "run": run_dir.name}
+    for family, res in ev.get("asr", {}).items():
+        for judge in ev.get("judges", []):
+            row[f"asr[{family}][{judge}]"] = res[judge]["asr"]
+    for judge, value in ev.get("asr_mean", {}).items():
+        row[f"asr_mean[{judge}]"] = value
+    task = ev.get("task", {})
+    row["task"] = task.get("name")
+    row["task_accuracy"] = task.get("accuracy")
+    row["answer_nll"] = task.get("answer_nll")
+    row["updates"] = train.get("updates")
+    row["seconds_per_update"] = train.get("seconds_per_update")
+    row["train_seconds"] = train.get("train_seconds")
+    row["k"] = train.get("selection", {}).get("k")
+    for key in ("projections_fired", "projection_rate", "tau", "safe_loss_first", "safe_loss_last", "conflict_rate"):
+        if key in t:
+            row[key] = t[key]
+    return row
+
+
+def run_bench(cfg: BenchConfig, *, progress: bool = True, dry_run: bool = False) -> list[dict[str, Any]]:
+    """Run (or resume) the whole grid and write the results; returns one row per run."""
+    from spard.bench.report import write_results
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    needs_align = any(ALIGNED in g.models for g in cfg.grids)
+    aligned, unaligned = (None, None)
+    if needs_align and not dry_run:
+        aligned, unaligned = run_align_stage(cfg, out, progress)
+    elif needs_align:
+        aligned, unaligned = str(out / "align" / "model"), (cfg.align or {}).get("model", {}).get("name")
+    runs = expand(cfg, aligned, unaligned)
+    logger.info("%s: %d runs in the grid", cfg.name, len(runs))
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    done = skipped = 0
+    for run in tqdm(runs, desc=f"bench {cfg.name}", disable=not progress):
+        run_dir = out / "runs" / run.name
+        if is_finished(run_dir, run):
+            skipped += 1
+        elif dry_run:
+            rows.append({**_cell(run), "run": run.name, "status": "to do"})
+            continue
+        else:
+            execute_run(run, run_dir, cfg, progress)
+            done += 1
+        rows.append(result_row(run, run_dir))
+        write_results(out, rows, cfg)
+    logger.info("%s: %d runs done now, %d already finished, %.0fs", cfg.name, done, skipped, time.perf_counter() - started)
+    return rows

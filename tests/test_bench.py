@@ -1,0 +1,124 @@
+import json
+
+import pytest
+
+from spard.bench import runner
+from spard.bench.config import BenchConfig, expand
+from spard.bench.runner import run_bench
+from spard.config import ConfigError, from_dict
+
+
+def bench_config(tiny_model_dir, toy_data, out, **extra):
+    raw = {
+        "name": "tiny",
+        "output_dir": str(out),
+        "train": {
+            "data": {"task": str(toy_data["task"]), "safe_pool": str(toy_data["safe_pool"]), "max_length": 96},
+            "lora": {"r": 4, "alpha": 8},
+            "training": {"learning_rate": 3e-3, "max_steps": 3, "batch_size": 8, "gradient_accumulation_steps": 1,
+                         "warmup_steps": 0},
+            "selection": {"min_k": 8, "embedding_model": "base"},
+        },
+        "attacks": {"toy": str(toy_data["attack"])},
+        "eval_sets": {"toy": str(toy_data["eval"])},
+        "eval": {"harmful_limit": 3, "task_data": str(toy_data["task_test"]), "task_limit": 3,
+                 "generation": {"max_new_tokens": 4}},
+        "defenses": ["sft", "spard", {"label": "spard-closed", "defense": "spard", "overrides": {"spag.form": "closed"}}],
+        "grids": [
+            {"models": [str(tiny_model_dir)], "attacks": ["toy"], "defenses": ["sft", "spard", "spard-closed"],
+             "harmful_ratios": [0.25], "seeds": [0]},
+            {"models": [str(tiny_model_dir)], "attacks": ["none", "toy"], "defenses": ["sft"], "harmful_ratios": [0.25],
+             "seeds": [0, 1]},
+        ],
+        **extra,
+    }
+    return from_dict(BenchConfig, raw, "test")
+
+
+def test_grid_expansion_dedupes_and_resolves_overrides(tiny_model_dir, toy_data, tmp_path):
+    runs = expand(bench_config(tiny_model_dir, toy_data, tmp_path))
+    cells = [(r.label, r.attack, r.harmful_ratio, r.seed) for r in runs]
+    # sft/toy/seed 0 appears in both grids but runs once; "none" forces p = 0
+    assert cells == [("sft", "toy", 0.25, 0), ("spard", "toy", 0.25, 0), ("spard-closed", "toy", 0.25, 0),
+                     ("sft", "none", 0.0, 0), ("sft", "none", 0.0, 1), ("sft", "toy", 0.25, 1)]
+    assert runs[2].train["spag"]["form"] == "closed" and runs[1].train["spag"]["form"] == "reference"
+    assert runs[3].train["data"]["harmful"] is None
+    assert len({r.key for r in runs}) == len(runs) and len({r.name for r in runs}) == len(runs)
+
+
+def test_bad_grids_are_reported(tiny_model_dir, toy_data, tmp_path):
+    cfg = bench_config(tiny_model_dir, toy_data, tmp_path)
+    cfg.grids[0].attacks = ["nope"]
+    with pytest.raises(ConfigError, match="unknown attack 'nope'"):
+        expand(cfg)
+    cfg = bench_config(tiny_model_dir, toy_data, tmp_path)
+    cfg.grids[0].defenses = ["magic"]
+    with pytest.raises(ConfigError, match="unknown defense 'magic'"):
+        expand(cfg)
+
+
+def test_bench_runs_resumes_and_redoes_partial_runs(tiny_model_dir, toy_data, tmp_path, monkeypatch):
+    cfg = bench_config(tiny_model_dir, toy_data, tmp_path / "b")
+    cfg.grids = cfg.grids[:1]
+    rows = run_bench(cfg, progress=False)
+    out = tmp_path / "b"
+    assert len(rows) == 3
+    for name in ("results.csv", "results.json", "results.md", "asr_vs_task.png", "asr_per_attack.png", "spag_safe_loss.png"):
+        assert (out / name).exists(), name
+    table = (out / "results.md").read_text()
+    assert "| sft | 0.25 | 1 |" in table and "spard-closed" in table and "judge: `keyword`" in table
+    assert all(r["asr_mean[keyword]"] is not None and r["answer_nll"] > 0 for r in rows)
+    assert rows[1]["projections_fired"] is not None
+
+    calls = {"train": 0, "eval": 0}
+    import spard.evaluation.evaluate as evaluate_mod
+    import spard.training.run as run_mod
+
+    real_train, real_eval = run_mod.run_training, evaluate_mod.run_evaluation
+
+    def count_train(cfg):
+        calls["train"] += 1
+        return real_train(cfg)
+
+    def count_eval(cfg):
+        calls["eval"] += 1
+        return real_eval(cfg)
+
+    monkeypatch.setattr(run_mod, "run_training", count_train)
+    monkeypatch.setattr(evaluate_mod, "run_evaluation", count_eval)
+    again = run_bench(cfg, progress=False)
+    assert calls == {"train": 0, "eval": 0}
+    assert [r["run"] for r in again] == [r["run"] for r in rows]
+
+    run_dirs = sorted((out / "runs").iterdir())
+    (run_dirs[0] / "eval" / "metrics.json").unlink()  # evaluation interrupted
+    (run_dirs[1] / "metrics.json").unlink()  # training interrupted
+    (run_dirs[2] / "run.json").write_text("{not json")  # corrupted bookkeeping
+    run_bench(cfg, progress=False)
+    assert calls == {"train": 2, "eval": 3}
+    assert all(json.loads((d / "run.json").read_text())["key"] for d in run_dirs)
+
+
+def test_dry_run_lists_what_is_left(tiny_model_dir, toy_data, tmp_path):
+    rows = run_bench(bench_config(tiny_model_dir, toy_data, tmp_path / "d"), progress=False, dry_run=True)
+    assert len(rows) == 6 and all(r["status"] == "to do" for r in rows)
+
+
+def test_align_stage_on_the_tiny_model(tiny_model_dir, toy_data, tmp_path):
+    from spard.training.align import AlignConfig, run_alignment
+
+    cfg = from_dict(AlignConfig, {
+        "model": {"name": str(tiny_model_dir)}, "refusals": str(toy_data["safe_pool"]), "n_refusals": 16,
+        "benign": str(toy_data["task"]), "n_benign": 16,
+        "training": {"max_steps": 2, "batch_size": 8, "warmup_steps": 0, "learning_rate": 1e-3},
+        "lora": {"r": 4, "alpha": 8}, "check_harmful": [str(toy_data["eval"])], "check_benign": str(toy_data["task_test"]),
+        "check_limit": 4, "max_new_tokens": 6, "output_dir": str(tmp_path / "align"), "progress": False,
+    })
+    report = run_alignment(cfg)
+    assert (tmp_path / "align" / "model" / "model.safetensors").exists()  # merged, loadable as a plain model
+    assert not (tmp_path / "align" / "model" / "adapter_config.json").exists()
+    assert report["refusal_examples"] == 16 and report["benign_examples"] == 16
+    for side in ("before", "after"):
+        assert 0 <= report[side]["refusal"] <= 1 and 0 <= report[side]["over_refusal"] <= 1
+    assert json.loads((tmp_path / "align" / "alignment.json").read_text())["updates"] == 2
+    assert runner.run_align_stage(bench_config(tiny_model_dir, toy_data, tmp_path), tmp_path, False) == (None, None)
