@@ -43,7 +43,8 @@ def safe_loss_of(run_dir, safe_rows):
 
 
 def test_spag_ends_with_lower_safe_loss_than_sft(tiny_model_dir, toy_data, tmp_path):
-    spard = run_training(base_config(tiny_model_dir, toy_data, tmp_path / "spard", defense="spard"))
+    spard = run_training(base_config(tiny_model_dir, toy_data, tmp_path / "spard", defense="spard",
+                                     **{"spag.heldout_size": 8, "spag.heldout_every": 5}))
     sft = run_training(base_config(tiny_model_dir, toy_data, tmp_path / "sft", defense="sft"))
     assert spard["training"]["projections_fired"] > 0
     assert spard["origins"] == sft["origins"] == {"task": 120, "harmful:attack": 30}
@@ -52,6 +53,8 @@ def test_spag_ends_with_lower_safe_loss_than_sft(tiny_model_dir, toy_data, tmp_p
     assert safe_loss_of(tmp_path / "spard", safe) < safe_loss_of(tmp_path / "sft", safe) - 0.05
     log = [json.loads(line) for line in (tmp_path / "spard" / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 25 and all({"utility_loss", "safe_loss", "safe_loss_after", "fired", "step_length"} <= set(r) for r in log)
+    assert [r["step"] for r in log if "heldout_safe_loss" in r] == [5, 10, 15, 20, 25]
+    assert spard["training"]["heldout_safe_loss_last"] == log[-1]["heldout_safe_loss"]
     fired = [r for r in log if r["fired"]]
     assert sum(r["safe_loss_after"] for r in fired) < sum(r["safe_loss"] for r in fired)
 

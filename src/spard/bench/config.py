@@ -49,6 +49,9 @@ class BenchConfig:
     grids: list[GridSpec] = field(default_factory=list)
     #: optional AlignConfig fields: align first and use the result wherever ``@aligned`` appears.
     align: dict[str, Any] | None = None
+    #: optional probe judge to fit before the runs when its directory is missing:
+    #: ``{data: [files with safe/unsafe responses], output: DIR}``; use it in ``eval.judges`` as ``probe:DIR``.
+    probe: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

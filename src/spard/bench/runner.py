@@ -51,6 +51,25 @@ def run_align_stage(cfg: BenchConfig, out: Path, progress: bool) -> tuple[str | 
     return report["aligned_model"], align_cfg.model.name
 
 
+def fit_probe_stage(cfg: BenchConfig) -> None:
+    """Fit the configured probe judge unless its directory already holds one."""
+    if not cfg.probe:
+        return
+    from spard.data.records import FieldMap, load_examples
+    from spard.evaluation.judges.probe import fit_probe
+
+    out = Path(cfg.probe["output"])
+    if (out / "probe.safetensors").exists():
+        return
+    texts, labels = [], []
+    for path in cfg.probe["data"]:
+        for fld, label in (("safe", 0), ("unsafe", 1)):
+            for ex in load_examples(path, FieldMap(target=fld)):
+                texts.append(ex.target)
+                labels.append(label)
+    fit_probe(texts, labels, features=cfg.probe.get("features", "tfidf")).save(out)
+
+
 def is_finished(run_dir: Path, run: RunSpec) -> bool:
     meta = _read_json(run_dir / "run.json")
     return (
@@ -105,7 +124,8 @@ def result_row(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     row["seconds_per_update"] = train.get("seconds_per_update")
     row["train_seconds"] = train.get("train_seconds")
     row["k"] = train.get("selection", {}).get("k")
-    for key in ("projections_fired", "projection_rate", "tau", "safe_loss_first", "safe_loss_last", "conflict_rate"):
+    for key in ("projections_fired", "projection_rate", "tau", "safe_loss_first", "safe_loss_last",
+                "heldout_safe_loss_first", "heldout_safe_loss_last", "conflict_rate"):
         if key in t:
             row[key] = t[key]
     return row
@@ -123,6 +143,8 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, dry_run: bool = False)
         aligned, unaligned = run_align_stage(cfg, out, progress)
     elif needs_align:
         aligned, unaligned = str(out / "align" / "model"), (cfg.align or {}).get("model", {}).get("name")
+    if not dry_run:
+        fit_probe_stage(cfg)
     runs = expand(cfg, aligned, unaligned)
     logger.info("%s: %d runs in the grid", cfg.name, len(runs))
     rows: list[dict[str, Any]] = []

@@ -52,8 +52,12 @@ class Defense:
         """The system prompt evaluation should use for the trained model (saved with the run)."""
         return self.config.data.system_prompt
 
-    def trainer_kwargs(self, safe_dataset: Any) -> dict[str, Any]:
+    def trainer_kwargs(self, safe_dataset: Any, heldout_dataset: Any = None) -> dict[str, Any]:
         return {}
+
+    def heldout_size(self) -> int:
+        """How many pool samples outside the safe set to hold out for tracking the safe loss (0 = none)."""
+        return 0
 
     def after_training(self, model: Any) -> dict[str, Any]:
         """Post-processing of the trained model; returns statistics for ``metrics.json``."""

@@ -87,5 +87,5 @@ class Lisa(Defense):
         full, rest = divmod(utility_updates, f)
         return full * (a + f) + (a + rest if rest else 0)
 
-    def trainer_kwargs(self, safe_dataset: Any) -> dict[str, Any]:
+    def trainer_kwargs(self, safe_dataset: Any, heldout_dataset: Any = None) -> dict[str, Any]:
         return {"lisa_config": self.config.lisa, "safe_dataset": safe_dataset}

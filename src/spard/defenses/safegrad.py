@@ -77,5 +77,5 @@ class SafeGrad(Defense):
     uses_safety_data = True
     trainer_class = SafeGradTrainer
 
-    def trainer_kwargs(self, safe_dataset: Any) -> dict[str, Any]:
+    def trainer_kwargs(self, safe_dataset: Any, heldout_dataset: Any = None) -> dict[str, Any]:
         return {"safegrad_config": self.config.safegrad, "safe_dataset": safe_dataset}

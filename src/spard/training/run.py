@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -107,6 +109,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     model, tokenizer = load_model(cfg.model)
 
     safe_examples: list[Example] = []
+    heldout_examples: list[Example] = []
     selection_info: dict[str, Any] = {}
     if defense.uses_safety_data:
         pool = load_safety_pool(cfg, *defense.safety_source())
@@ -120,6 +123,10 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         write_jsonl(out / "safe_set.jsonl", (p.to_row() for p in picked))
         safe_examples = [p.example for p in picked]
         selection_info = {"method": selection_cfg.method, "k": len(picked), "pool_size": len(pool), **selection.notes}
+        if defense.heldout_size():
+            chosen = {p.pool_index for p in picked}
+            rest = [ex for i, ex in enumerate(pool) if i not in chosen]
+            heldout_examples = random.Random(cfg.training.seed).sample(rest, min(defense.heldout_size(), len(rest)))
 
     train_examples = defense.training_examples(task, safe_examples)
     model = prepare_for_training(model, cfg.lora)
@@ -128,6 +135,11 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     safe_ds = (
         as_dataset(tokenize_examples(tokenizer, safe_examples, max_length=max_length, system_prompt=system))
         if safe_examples
+        else None
+    )
+    heldout_ds = (
+        as_dataset(tokenize_examples(tokenizer, heldout_examples, max_length=max_length, system_prompt=system))
+        if heldout_examples
         else None
     )
     args = training_arguments(cfg, out)
@@ -144,11 +156,12 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         data_collator=data_collator(tokenizer),
         processing_class=tokenizer,
         step_log=out / "train_log.jsonl",
-        **defense.trainer_kwargs(safe_ds),
+        **defense.trainer_kwargs(safe_ds, heldout_ds),
     )
     train_started = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - train_started
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # save_strategy is "no": only an empty folder
     post = defense.after_training(trainer.model)
     save_trained(trainer.model, tokenizer, out / "model", merge=cfg.merge)
 

@@ -28,6 +28,9 @@ class SPAGConfig:
     radius: float = 1.0
     safe_batch_size: int = 4
     measure_after: bool = True
+    #: Track the loss on this many held-out pool samples (not in the safe set) every ``heldout_every`` updates; 0 = off.
+    heldout_size: int = 0
+    heldout_every: int = 10
 
     def __post_init__(self) -> None:
         if self.form not in PROJECTION_FORMS:
@@ -44,8 +47,9 @@ class SPAGTrainer(SafetyTrainer):
     ``safe_loss``, ``safe_loss_after``, ``fired``, ``step_length`` and ``grad_norm``.
     """
 
-    def __init__(self, *args: Any, spag_config: SPAGConfig, safe_dataset: Any, **kwargs: Any):
+    def __init__(self, *args: Any, spag_config: SPAGConfig, safe_dataset: Any, heldout_dataset: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.heldout_dataset = heldout_dataset
         if safe_dataset is None or len(safe_dataset) == 0:
             raise ValueError("SPAG needs a non-empty safe set")
         self.spag = spag_config
@@ -53,12 +57,13 @@ class SPAGTrainer(SafetyTrainer):
         self.tau: float | None = None if spag_config.tau == "auto" else float(spag_config.tau)
         self._safe_batches = None
 
-    def mean_safe_loss(self, batch_size: int = 8) -> float:
-        """Mean loss of the current weights over the whole safe set (token-weighted by batch)."""
+    def mean_safe_loss(self, dataset: Any = None, batch_size: int = 8) -> float:
+        """Mean loss of the current weights over a dataset (default: the safe set), averaged over examples by batch."""
+        dataset = self.safe_dataset if dataset is None else dataset
         total, count = 0.0, 0
         with torch.no_grad():
-            for start in range(0, len(self.safe_dataset), batch_size):
-                rows = [self.safe_dataset[i] for i in range(start, min(start + batch_size, len(self.safe_dataset)))]
+            for start in range(0, len(dataset), batch_size):
+                rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
                 batch = self._prepare_inputs(self.data_collator(rows))
                 loss = self.accelerator.reduce(self.batch_loss(batch).detach(), "mean")
                 total += float(loss.item()) * len(rows)
@@ -85,7 +90,10 @@ class SPAGTrainer(SafetyTrainer):
             reduce=lambda t: self.accelerator.reduce(t, "mean"),
             measure_after=self.spag.measure_after,
         )
-        return stats.as_dict()
+        row = stats.as_dict()
+        if self.heldout_dataset is not None and self.state.global_step % self.spag.heldout_every == 0:
+            row["heldout_safe_loss"] = self.mean_safe_loss(self.heldout_dataset)
+        return row
 
     def summary(self) -> dict[str, Any]:
         out = super().summary()
@@ -102,4 +110,7 @@ class SPAGTrainer(SafetyTrainer):
                 "mean_step_length": sum(r["step_length"] for r in fired) / len(fired) if fired else 0.0,
             }
         )
+        heldout = [r["heldout_safe_loss"] for r in rows if "heldout_safe_loss" in r]
+        if heldout:
+            out["heldout_safe_loss_first"], out["heldout_safe_loss_last"] = heldout[0], heldout[-1]
         return out
