@@ -37,7 +37,7 @@ def demo_config(output_dir: str | Path, model: str = DEFAULT_MODEL, steps: int =
             "training": {"learning_rate": 3e-4, "max_steps": steps, "batch_size": 8, "gradient_accumulation_steps": 1,
                          "warmup_steps": 0, "logging_steps": 20},
             "selection": {"min_k": 32, "embedding_model": "minilm"},
-            "spag": {"tau": "auto", "delta": 0.1, "form": "closed", "radius": 1.0, "safe_batch_size": 4},
+            "spag": {"tau": "auto", "delta": 0.0, "form": "closed", "radius": 1.0, "safe_batch_size": 4},
         },
         "attacks": {"toy": str(data["attack"])},
         "eval_sets": {"toy": str(data["eval"])},

@@ -52,7 +52,8 @@ class Defense:
         """The system prompt evaluation should use for the trained model (saved with the run)."""
         return self.config.data.system_prompt
 
-    def trainer_kwargs(self, safe_dataset: Any, heldout_dataset: Any = None) -> dict[str, Any]:
+    def trainer_kwargs(self, heldout_dataset: Any = None) -> dict[str, Any]:
+        """Extra keyword arguments of the trainer (its config section, held-out data...)."""
         return {}
 
     def heldout_size(self) -> int:

@@ -30,12 +30,11 @@ def add_proximal_gradient(params: list[torch.nn.Parameter], anchor: list[torch.T
 
 
 class LisaTrainer(SafetyTrainer):
-    def __init__(self, *args: Any, lisa_config: Any, safe_dataset: Any, **kwargs: Any):
+    needs_safe_data = True
+
+    def __init__(self, *args: Any, lisa_config: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        if safe_dataset is None or len(safe_dataset) == 0:
-            raise ValueError("Lisa needs alignment (safety) data")
         self.lisa = lisa_config
-        self.safe_dataset = safe_dataset
         self._anchor: list[torch.Tensor] | None = None
         self._state: str | None = None
 
@@ -87,5 +86,5 @@ class Lisa(Defense):
         full, rest = divmod(utility_updates, f)
         return full * (a + f) + (a + rest if rest else 0)
 
-    def trainer_kwargs(self, safe_dataset: Any, heldout_dataset: Any = None) -> dict[str, Any]:
-        return {"lisa_config": self.config.lisa, "safe_dataset": safe_dataset}
+    def trainer_kwargs(self, heldout_dataset: Any = None) -> dict[str, Any]:
+        return {"lisa_config": self.config.lisa}

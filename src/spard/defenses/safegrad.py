@@ -34,12 +34,11 @@ def remove_conflict(user: Sequence[torch.Tensor], align: Sequence[torch.Tensor])
 
 
 class SafeGradTrainer(SafetyTrainer):
-    def __init__(self, *args: Any, safegrad_config: Any, safe_dataset: Any, **kwargs: Any):
+    needs_safe_data = True
+
+    def __init__(self, *args: Any, safegrad_config: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        if safe_dataset is None or len(safe_dataset) == 0:
-            raise ValueError("SafeGrad needs alignment (safety) data")
         self.safegrad = safegrad_config
-        self.safe_dataset = safe_dataset
 
     def on_train_start(self) -> None:
         self._align_batches = self.batches(self.safe_dataset, self.safegrad.alignment_batch_size, self.args.seed + 2)
@@ -77,5 +76,5 @@ class SafeGrad(Defense):
     uses_safety_data = True
     trainer_class = SafeGradTrainer
 
-    def trainer_kwargs(self, safe_dataset: Any, heldout_dataset: Any = None) -> dict[str, Any]:
-        return {"safegrad_config": self.config.safegrad, "safe_dataset": safe_dataset}
+    def trainer_kwargs(self, heldout_dataset: Any = None) -> dict[str, Any]:
+        return {"safegrad_config": self.config.safegrad}

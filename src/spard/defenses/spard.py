@@ -15,8 +15,8 @@ class SPARD(Defense):
     default_selector = "rd-dpp"
     trainer_class = SPAGTrainer
 
-    def trainer_kwargs(self, safe_dataset: Any, heldout_dataset: Any = None) -> dict[str, Any]:
-        return {"spag_config": self.config.spag, "safe_dataset": safe_dataset, "heldout_dataset": heldout_dataset}
+    def trainer_kwargs(self, heldout_dataset: Any = None) -> dict[str, Any]:
+        return {"spag_config": self.config.spag, "heldout_dataset": heldout_dataset}
 
     def heldout_size(self) -> int:
         return self.config.spag.heldout_size

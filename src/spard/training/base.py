@@ -45,8 +45,14 @@ class SafetyTrainer(Trainer):
     the hooks returned. ``step_log`` (a path) makes the rows land on disk as they are produced.
     """
 
-    def __init__(self, *args: Any, step_log: str | Path | None = None, **kwargs: Any):
+    #: Whether the trainer draws batches from a safety (alignment) set, which must then be non-empty.
+    needs_safe_data: bool = False
+
+    def __init__(self, *args: Any, step_log: str | Path | None = None, safe_dataset: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        if self.needs_safe_data and (safe_dataset is None or len(safe_dataset) == 0):
+            raise ValueError(f"{type(self).__name__} needs a non-empty safety set")
+        self.safe_dataset = safe_dataset
         self.step_log_path = Path(step_log) if step_log else None
         self.step_records: list[dict[str, Any]] = []
         self._pending: dict[str, Any] = {}

@@ -156,7 +156,8 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         data_collator=data_collator(tokenizer),
         processing_class=tokenizer,
         step_log=out / "train_log.jsonl",
-        **defense.trainer_kwargs(safe_ds, heldout_ds),
+        safe_dataset=safe_ds,
+        **defense.trainer_kwargs(heldout_ds),
     )
     train_started = time.perf_counter()
     trainer.train()

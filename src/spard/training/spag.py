@@ -47,13 +47,12 @@ class SPAGTrainer(SafetyTrainer):
     ``safe_loss``, ``safe_loss_after``, ``fired``, ``step_length`` and ``grad_norm``.
     """
 
-    def __init__(self, *args: Any, spag_config: SPAGConfig, safe_dataset: Any, heldout_dataset: Any = None, **kwargs: Any):
+    needs_safe_data = True
+
+    def __init__(self, *args: Any, spag_config: SPAGConfig, heldout_dataset: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.heldout_dataset = heldout_dataset
-        if safe_dataset is None or len(safe_dataset) == 0:
-            raise ValueError("SPAG needs a non-empty safe set")
         self.spag = spag_config
-        self.safe_dataset = safe_dataset
         self.tau: float | None = None if spag_config.tau == "auto" else float(spag_config.tau)
         self._safe_batches = None
 
