@@ -13,8 +13,6 @@ from typing import Any
 
 from spard.config import ConfigError, load_config
 
-logger = logging.getLogger("spard")
-
 #: ``spard train`` flags and the config field each one sets.
 TRAIN_FLAGS: list[tuple[str, str, type | None, str]] = [
     ("--model", "model.name", str, "model: alias (smollm2-135m-instruct), directory, .gguf file or hub id"),
@@ -468,10 +466,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-def print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=str))
 
 
 if __name__ == "__main__":
