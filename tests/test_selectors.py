@@ -84,3 +84,24 @@ def test_lm_mean_pool_encoder_ignores_padding(tiny):
     together = enc.encode(texts)
     alone = np.vstack([enc.encode([t]) for t in texts])
     np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_spard_select_cli_writes_rows_in_selection_order(tiny_model_dir, toy_data, tmp_path, capsys):
+    import json
+
+    from spard.cli import main
+
+    out = tmp_path / "safe.jsonl"
+    rc = main(["select", "--pool", str(toy_data["safe_pool"]), "--reference", str(toy_data["task"]),
+               "--harmful-data", str(toy_data["attack"]), "--harmful-ratio", "0.25", "--ratio", "0.1",
+               "--embedding-model", "base", "--model", str(tiny_model_dir), "--embedding-cache", str(tmp_path / "cache"),
+               "--output", str(out)])
+    assert rc == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 15  # floor(0.1 * (120 + 30))
+    assert [r["rank"] for r in rows] == list(range(15))
+    assert len({r["pool_index"] for r in rows}) == 15
+    gains = [r["gain"] for r in rows]
+    assert gains == sorted(gains, reverse=True)  # greedy MAP gains never grow
+    assert all(-1 <= r["relevance"] <= 1 and r["safe"] for r in rows)
+    assert "selected 15 of 768 pool rows for 150 reference prompts" in capsys.readouterr().out
