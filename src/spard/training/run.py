@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import random
 import shutil
 import time
@@ -94,14 +95,18 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     defense = get_defense(cfg.defense, cfg)
     defense.check()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").unlink(missing_ok=True)
-    (out / "train_log.jsonl").unlink(missing_ok=True)
+    # Under `accelerate launch` / torchrun every process runs this function; only the main one writes.
+    main_process = os.environ.get("RANK", "0") == "0"
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").unlink(missing_ok=True)
+        (out / "train_log.jsonl").unlink(missing_ok=True)
     selection_cfg = cfg.selection
     if selection_cfg.method == "auto":
         selection_cfg = dataclasses.replace(selection_cfg, method=defense.default_selector)
     resolved = dataclasses.replace(cfg, selection=selection_cfg)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(resolved), sort_keys=False))
+    if main_process:
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(resolved), sort_keys=False))
     set_seed(cfg.training.seed)
 
     started = time.perf_counter()
@@ -120,7 +125,8 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
                 base_key=cfg.model.name, batch_size=selection_cfg.embedding_batch_size,
             )
         picked, selection = select_safe_examples(pool, task, selection_cfg, encoder=encoder, cache_dir=cfg.embedding_cache)
-        write_jsonl(out / "safe_set.jsonl", (p.to_row() for p in picked))
+        if main_process:
+            write_jsonl(out / "safe_set.jsonl", (p.to_row() for p in picked))
         safe_examples = [p.example for p in picked]
         selection_info = {"method": selection_cfg.method, "k": len(picked), "pool_size": len(pool), **selection.notes}
         if defense.heldout_size():
@@ -162,9 +168,8 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     train_started = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - train_started
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # save_strategy is "no": only an empty folder
     post = defense.after_training(trainer.model)
-    save_trained(trainer.model, tokenizer, out / "model", merge=cfg.merge)
+    trainer.accelerator.wait_for_everyone()
 
     updates = trainer.state.global_step
     metrics = {
@@ -182,6 +187,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         "training": trainer.summary(),
         "defense_stats": post,
     }
-    atomic_write_json(out / "metrics.json", metrics)
+    if main_process:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # save_strategy is "no": only an empty folder
+        save_trained(trainer.model, tokenizer, out / "model", merge=cfg.merge)
+        atomic_write_json(out / "metrics.json", metrics)
     logger.info("run finished: %d updates in %.1fs, written to %s", updates, train_seconds, out)
     return metrics
