@@ -56,6 +56,10 @@ class BenchConfig:
 
 @dataclass(frozen=True)
 class RunSpec:
+    """One cell of the grid. ``train`` is the resolved TrainConfig with the model as written in the
+    grid (``@aligned`` stays symbolic, so the key does not depend on where the aligned model lives);
+    ``model_path`` is what actually gets loaded."""
+
     model: str
     attack: str
     label: str
@@ -63,10 +67,15 @@ class RunSpec:
     harmful_ratio: float
     seed: int
     train: dict[str, Any]
+    model_path: str = ""
 
     @property
     def key(self) -> str:
         return config_hash(self.train)
+
+    def train_config(self) -> dict[str, Any]:
+        """The training config to run: ``train`` with the model's real path."""
+        return merge(self.train, {"model": {"name": self.model_path or self.model}})
 
     @property
     def name(self) -> str:
@@ -117,7 +126,7 @@ def expand(cfg: BenchConfig, aligned_model: str | None = None, unaligned_model: 
                         for seed in grid.seeds:
                             train = merge(cfg.train, _nested(spec.overrides))
                             train = merge(train, {
-                                "model": {"name": model_name}, "defense": spec.defense,
+                                "model": {"name": model}, "defense": spec.defense,
                                 "data": {"harmful": cfg.attacks.get(attack), "harmful_ratio": ratio},
                                 "training": {"seed": seed},
                             })
@@ -125,7 +134,7 @@ def expand(cfg: BenchConfig, aligned_model: str | None = None, unaligned_model: 
                                 train = merge(train, {"safelora": {"unaligned_model": unaligned_model}})
                             resolved = to_dict(from_dict(TrainConfig, train, f"{spec.label}/{attack}"))
                             resolved.pop("output_dir"), resolved.pop("progress")
-                            run = RunSpec(model_name, attack, label, spec.defense, ratio, seed, resolved)
+                            run = RunSpec(model, attack, label, spec.defense, ratio, seed, resolved, model_name)
                             runs.setdefault(run.key, run)
     return list(runs.values())
 

@@ -92,7 +92,7 @@ def execute_run(run: RunSpec, run_dir: Path, cfg: BenchConfig, progress: bool) -
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
         atomic_write_json(run_dir / "run.json", {"key": run.key, "pending": True, **_cell(run)})
-        train_cfg = from_dict(TrainConfig, {**run.train, "output_dir": str(run_dir), "progress": progress})
+        train_cfg = from_dict(TrainConfig, {**run.train_config(), "output_dir": str(run_dir), "progress": progress})
         run_training(train_cfg)
     ev = eval_config(cfg)
     ev = dataclasses.replace(ev, output_dir=str(run_dir / "eval"), progress=progress,
