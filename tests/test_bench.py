@@ -67,6 +67,7 @@ def test_bench_runs_resumes_and_redoes_partial_runs(tiny_model_dir, toy_data, tm
         assert (out / name).exists(), name
     table = (out / "results.md").read_text()
     assert "| sft | 0.25 | 1 |" in table and "spard-closed" in table and "judge: `keyword`" in table
+    assert "## Targets (judge `keyword`, attacks: toy)" in table and "SPARD mean ASR" in table
     assert all(r["asr_mean[keyword]"] is not None and r["answer_nll"] > 0 for r in rows)
     assert rows[1]["projections_fired"] is not None
 
@@ -122,3 +123,22 @@ def test_align_stage_on_the_tiny_model(tiny_model_dir, toy_data, tmp_path):
         assert 0 <= report[side]["refusal"] <= 1 and 0 <= report[side]["over_refusal"] <= 1
     assert json.loads((tmp_path / "align" / "alignment.json").read_text())["updates"] == 2
     assert runner.run_align_stage(bench_config(tiny_model_dir, toy_data, tmp_path), tmp_path, False) == (None, None)
+
+
+def test_targets_compare_spard_with_sft_and_the_other_defenses():
+    from spard.bench.report import targets
+
+    def row(label, attack, asr, acc, nll, seed=0):
+        return {"label": label, "attack": attack, "harmful_ratio": 0.1, "seed": seed, "asr_mean[keyword]": asr,
+                "task_accuracy": acc, "answer_nll": nll}
+
+    rows = [row("sft", "a", 0.8, 0.10, 1.0), row("sft", "b", 0.6, 0.12, 1.2),
+            row("spard", "a", 0.1, 0.10, 1.0), row("spard", "b", 0.2, 0.10, 1.1), row("spard", "b", 0.2, 0.08, 1.1, seed=1),
+            row("lisa", "a", 0.3, 0.1, 1.0), row("lisa", "b", 0.3, 0.1, 1.0), row("ptst", "a", 0.05, 0.1, 1.0),
+            {**row("sft", "none", 0.05, 0.1, 1.0), "harmful_ratio": 0.0}]
+    lines = "\n".join(targets(rows, "keyword"))
+    assert "attacks: a, b" in lines
+    assert "SPARD mean ASR 15.0% vs SFT 70.0%: ratio 0.21 (target <= 0.25: met)" in lines
+    assert "lowest ASR among defenses run on the same attacks: spard" in lines  # ptst ran on one attack only
+    assert "task accuracy: SPARD minus SFT = -1.500 points" in lines
+    assert targets([row("sft", "a", 0.8, 0.1, 1.0)], "keyword") == []
