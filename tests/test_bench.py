@@ -68,7 +68,8 @@ def test_bench_runs_resumes_and_redoes_partial_runs(tiny_model_dir, toy_data, tm
     table = (out / "results.md").read_text()
     assert "| sft | 0.25 | 1 |" in table and "spard-closed" in table and "judge: `keyword`" in table
     assert "## Targets (judge `keyword`, attacks: toy)" in table and "SPARD mean ASR" in table
-    assert all(r["asr_mean[keyword]"] is not None and r["answer_nll"] > 0 for r in rows)
+    assert all(r["asr_mean[keyword]"] is not None and r["answer_nll"] > 0 and r["wall_seconds"] > 0 for r in rows)
+    assert " min |" in table  # wall time per run
     assert rows[1]["projections_fired"] is not None
 
     calls = {"train": 0, "eval": 0}

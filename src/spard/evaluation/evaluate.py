@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
         raise ValueError("nothing to evaluate: give harmful prompt files (--harmful-data) and/or --task-data")
     if cfg.task not in TASK_METRICS:
         raise ValueError(f"unknown task {cfg.task!r}; choose from {sorted(TASK_METRICS)}")
+    started = time.perf_counter()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     judges = [make_judge(spec, cfg.llm) for spec in cfg.judges]
@@ -125,6 +127,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
         if cfg.answer_nll:
             task_metrics["answer_nll"] = response_nll(model, tokenizer, examples, system_prompt=gen_cfg.system_prompt)
         metrics["task"] = task_metrics
+    metrics["wall_seconds"] = time.perf_counter() - started
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_text(out / "summary.md", summary_markdown(metrics))
     return metrics
