@@ -100,3 +100,20 @@ def tiny(tiny_model_dir):
     from spard.models import load_model
 
     return load_model(str(tiny_model_dir))
+
+
+def lora_model_with_nonzero_b(model_dir: Path, r: int = 4, alpha: int = 8, std: float = 0.05, seed: int = 0):
+    """The tiny model with LoRA adapters whose B matrices are random (peft starts them at zero),
+    so that the adapters change the output and the A matrices get non-zero gradients."""
+    import torch
+
+    from spard.models import LoraSettings, load_model, prepare_for_training
+
+    model, tokenizer = load_model(str(model_dir))
+    torch.manual_seed(seed)
+    model = prepare_for_training(model, LoraSettings(r=r, alpha=alpha))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, std)
+    return model, tokenizer

@@ -2,12 +2,13 @@ import json
 
 import pytest
 import torch
+from conftest import lora_model_with_nonzero_b
 from test_training import base_config
 
 from spard.defenses import DEFENSES
 from spard.defenses.safegrad import SafeGradTrainer, remove_conflict
 from spard.defenses.safelora import alignment_projector, apply_safelora, lora_layers
-from spard.models import LoraSettings, load_model, prepare_for_training
+from spard.models import load_model
 from spard.training.run import run_training
 
 ALL = ["sft", "spard", "safeinstr", "lisa", "ptst", "safegrad", "safelora"]
@@ -146,13 +147,7 @@ def test_safegrad_trainer_applies_only_non_conflicting_gradients(tiny_model_dir,
 
 def test_safelora_projects_the_least_similar_layers_and_leaves_the_rest(tiny_model_dir, tmp_path):
     unaligned_dir = unaligned_copy(tiny_model_dir, tmp_path)
-    model, _ = load_model(str(tiny_model_dir))
-    torch.manual_seed(0)
-    model = prepare_for_training(model, LoraSettings(r=4, alpha=8))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.1)
+    model, _ = lora_model_with_nonzero_b(tiny_model_dir, std=0.1)
     layers = lora_layers(model)
     before = {n: (m.scaling["default"] * m.lora_B["default"].weight @ m.lora_A["default"].weight).detach().double() for n, m in layers.items()}
     unaligned, _ = load_model(str(unaligned_dir))

@@ -3,13 +3,14 @@ import json
 import pytest
 import torch
 import yaml
+from conftest import lora_model_with_nonzero_b
 
 from spard.cli import main
 from spard.config import from_dict
 from spard.data import FieldMap, load_examples, tokenize_examples
 from spard.data.formatting import as_dataset, data_collator
 from spard.evaluation.loss import response_nll
-from spard.models import LoraSettings, load_model, prepare_for_training
+from spard.models import load_model
 from spard.training import SPAGConfig, SPAGTrainer
 from spard.training.config import TrainConfig
 from spard.training.run import run_training
@@ -62,14 +63,7 @@ def test_spag_ends_with_lower_safe_loss_than_sft(tiny_model_dir, toy_data, tmp_p
 def _one_update(tiny_model_dir, toy_data, tmp_path, batch, accum, name):
     from spard.training.run import training_arguments
 
-    model, tok = load_model(str(tiny_model_dir))
-    torch.manual_seed(0)
-    model = prepare_for_training(model, LoraSettings(r=4, alpha=8))
-    # LoRA B starts at zero; give it values so the A gradients are non-zero too
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
+    model, tok = lora_model_with_nonzero_b(tiny_model_dir)
     examples = load_examples(toy_data["task"], limit=4)
     ds = as_dataset(tokenize_examples(tok, examples, max_length=96))
     cfg = base_config(tiny_model_dir, toy_data, tmp_path / name, **{
