@@ -1,4 +1,6 @@
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +145,41 @@ def test_targets_compare_spard_with_sft_and_the_other_defenses():
     assert "lowest ASR among defenses run on the same attacks: spard" in lines  # ptst ran on one attack only
     assert "task accuracy: SPARD minus SFT = -1.500 points" in lines
     assert targets([row("sft", "a", 0.8, 0.1, 1.0)], "keyword") == []
+
+
+def test_align_stage_fingerprints_the_aligned_model_and_warns_when_a_redo_differs(tiny_model_dir, toy_data, tmp_path,
+                                                                                    monkeypatch, caplog):
+    import spard.training.align as align_mod
+    from spard.bench.report import markdown
+
+    weights = iter([b"first weights", b"second weights"])
+
+    def fake_alignment(cfg):
+        model_dir = Path(cfg.output_dir) / "model"
+        model_dir.mkdir(parents=True, exist_ok=True)
+        (model_dir / "config.json").write_text("{}")
+        (model_dir / "model.safetensors").write_bytes(next(weights))
+        report = {"aligned_model": str(model_dir), "updates": 1}
+        (Path(cfg.output_dir) / "alignment.json").write_text(json.dumps(report))
+        return report
+
+    monkeypatch.setattr(align_mod, "run_alignment", fake_alignment)
+    cfg = bench_config(tiny_model_dir, toy_data, tmp_path, align={"model": {"name": "base"}, "refusals": "r.jsonl",
+                                                                  "benign": "b.jsonl"})
+    report_path = tmp_path / "align" / "alignment.json"
+    runner.run_align_stage(cfg, tmp_path, False)
+    first = json.loads(report_path.read_text())["model_sha256"]
+    assert len(first) == 64
+    runner.run_align_stage(cfg, tmp_path, False)  # model still there: nothing is redone
+    assert json.loads(report_path.read_text())["model_sha256"] == first
+
+    shutil.rmtree(tmp_path / "align" / "model")  # a fresh clone: the report is committed, the model is not
+    with caplog.at_level("WARNING", logger="spard.bench.runner"):
+        runner.run_align_stage(cfg, tmp_path, False)
+    second = json.loads(report_path.read_text())["model_sha256"]
+    assert second != first and "re-aligned model differs" in caplog.text
+
+    rows = [{"label": "sft", "attack": "a", "harmful_ratio": 0.1, "seed": 0, "start_model": first[:12]},
+            {"label": "sft", "attack": "a", "harmful_ratio": 0.1, "seed": 1, "start_model": second[:12]}]
+    assert "different aligned models" in markdown(rows, "t")
+    assert "different aligned models" not in markdown(rows[:1], "t")

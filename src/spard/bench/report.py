@@ -110,6 +110,10 @@ def markdown(rows: Sequence[dict[str, Any]], title: str) -> str:
     lines = [f"# {title}", ""]
     if not rows:
         return "\n".join(lines + ["No finished runs yet.", ""])
+    starts = sorted({r["start_model"] for r in rows if r.get("start_model")})
+    if len(starts) > 1:
+        lines += [f"**Warning:** these runs started from {len(starts)} different aligned models "
+                  f"(sha256 {', '.join(starts)}); compare runs that share one (column `start_model` in results.csv).", ""]
     for judge in judges:
         lines += targets(rows, judge)
     for judge in judges:

@@ -10,6 +10,7 @@ and an interrupted evaluation resumes its generations.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import shutil
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 from spard.bench.config import ALIGNED, BenchConfig, RunSpec, eval_config, expand
 from spard.config import from_dict, load_yaml
 from spard.io import atomic_write_json
+from spard.models.loading import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +46,31 @@ def run_align_stage(cfg: BenchConfig, out: Path, progress: bool) -> tuple[str | 
     from spard.training.align import AlignConfig, run_alignment
 
     align_cfg = from_dict(AlignConfig, {**cfg.align, "output_dir": str(out / "align"), "progress": progress}, "align")
-    report = _read_json(out / "align" / "alignment.json")
+    report_path = out / "align" / "alignment.json"
+    report = _read_json(report_path)
     if report is None or not (out / "align" / "model" / "config.json").exists():
+        # the report may be all that is left of an earlier alignment (models are not committed): runs
+        # finished then started from the model it fingerprints, so say whether the new one is the same
+        earlier = (report or {}).get("model_sha256")
         logger.info("alignment stage: training %s", align_cfg.model.name)
         report = run_alignment(align_cfg)
+        report["model_sha256"] = aligned_model_sha256(out / "align" / "model")
+        if earlier and earlier != report["model_sha256"]:
+            logger.warning("the re-aligned model differs from the one earlier runs started from (sha256 %s, was %s); "
+                           "runs are labelled with the model they started from", report["model_sha256"][:12], earlier[:12])
+        atomic_write_json(report_path, report)
+    elif "model_sha256" not in report:
+        report["model_sha256"] = aligned_model_sha256(out / "align" / "model")
+        atomic_write_json(report_path, report)
     return report["aligned_model"], align_cfg.model.name
+
+
+def aligned_model_sha256(model_dir: Path) -> str:
+    """The sha256 of the aligned model's weights (its safetensors files, in name order)."""
+    digest = hashlib.sha256()
+    for path in sorted(model_dir.glob("*.safetensors")):
+        digest.update(file_sha256(path).encode())
+    return digest.hexdigest()
 
 
 def fit_probe_stage(cfg: BenchConfig) -> None:
@@ -79,7 +101,10 @@ def is_finished(run_dir: Path, run: RunSpec) -> bool:
     )
 
 
-def execute_run(run: RunSpec, run_dir: Path, cfg: BenchConfig, progress: bool) -> None:
+def execute_run(run: RunSpec, run_dir: Path, cfg: BenchConfig, progress: bool, start_sha256: str | None = None) -> None:
+    """Train (unless a finished training with the same key is there) and evaluate one run.
+
+    ``start_sha256`` fingerprints the aligned starting model, recorded in ``run.json``."""
     from spard.evaluation.evaluate import run_evaluation
     from spard.training.config import TrainConfig
     from spard.training.run import run_training
@@ -98,7 +123,8 @@ def execute_run(run: RunSpec, run_dir: Path, cfg: BenchConfig, progress: bool) -
     ev = dataclasses.replace(ev, output_dir=str(run_dir / "eval"), progress=progress,
                              model=dataclasses.replace(ev.model, name=str(run_dir / "model")))
     run_evaluation(ev)
-    atomic_write_json(run_dir / "run.json", {"key": run.key, **_cell(run)})
+    stamp = {"start_model_sha256": start_sha256} if start_sha256 and run.model == ALIGNED else {}
+    atomic_write_json(run_dir / "run.json", {"key": run.key, **_cell(run), **stamp})
 
 
 def _cell(run: RunSpec) -> dict[str, Any]:
@@ -111,6 +137,9 @@ def result_row(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     ev = _read_json(run_dir / "eval" / "metrics.json") or {}
     t = train.get("training", {})
     row: dict[str, Any] = {**_cell(run), "run": run_dir.name}
+    start = (_read_json(run_dir / "run.json") or {}).get("start_model_sha256")
+    if start:
+        row["start_model"] = start[:12]
     for family, res in ev.get("asr", {}).items():
         for judge in ev.get("judges", []):
             row[f"asr[{family}][{judge}]"] = res[judge]["asr"]
@@ -144,6 +173,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, dry_run: bool = False)
         aligned, unaligned = run_align_stage(cfg, out, progress)
     elif needs_align:
         aligned, unaligned = str(out / "align" / "model"), (cfg.align or {}).get("model", {}).get("name")
+    start_sha256 = (_read_json(out / "align" / "alignment.json") or {}).get("model_sha256") if needs_align else None
     if not dry_run:
         fit_probe_stage(cfg)
     runs = expand(cfg, aligned, unaligned)
@@ -159,7 +189,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, dry_run: bool = False)
             rows.append({**_cell(run), "run": run.name, "status": "to do"})
             continue
         else:
-            execute_run(run, run_dir, cfg, progress)
+            execute_run(run, run_dir, cfg, progress, start_sha256)
             done += 1
         rows.append(result_row(run, run_dir))
         write_results(out, rows, cfg)
