@@ -81,7 +81,7 @@ def fit_probe_stage(cfg: BenchConfig) -> None:
     from spard.evaluation.judges.probe import fit_probe
 
     out = Path(cfg.probe["output"])
-    if (out / "probe.safetensors").exists():
+    if (out / "probe.json").exists() and (out / "probe.safetensors").exists():  # probe.json is written last
         return
     texts, labels = [], []
     for path in cfg.probe["data"]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +73,11 @@ class Probe:
         tensors = {"weights": self.weights.astype(np.float64), "bias": np.asarray([self.bias])}
         if self.idf is not None:
             tensors["idf"] = self.idf.astype(np.float64)
-        save_file(tensors, str(directory / "probe.safetensors"))
+        # probe.json is written last and marks a complete probe; each file goes in through a rename
+        (directory / "probe.json").unlink(missing_ok=True)
+        tmp = directory / ".probe.safetensors.tmp"
+        save_file(tensors, str(tmp))
+        os.replace(tmp, directory / "probe.safetensors")
         atomic_write_json(directory / "probe_vocab.json", self.vocabulary)
         meta = {"features": self.features, "encoder": self.encoder, "ngram_range": list(self.ngram_range),
                 "threshold": self.threshold, **self.info}
@@ -84,8 +89,8 @@ class Probe:
         from safetensors.numpy import load_file
 
         directory = Path(directory)
-        if not (directory / "probe.safetensors").exists():
-            raise FileNotFoundError(f"{directory}: no probe.safetensors (fit one with `spard judge fit`)")
+        if not (directory / "probe.json").exists() or not (directory / "probe.safetensors").exists():
+            raise FileNotFoundError(f"{directory}: no complete probe (probe.json + probe.safetensors); fit one with `spard judge fit`")
         tensors = load_file(str(directory / "probe.safetensors"))
         meta = json.loads((directory / "probe.json").read_text())
         vocab = json.loads((directory / "probe_vocab.json").read_text()) if (directory / "probe_vocab.json").exists() else {}
