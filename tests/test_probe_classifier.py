@@ -29,6 +29,7 @@ def test_tfidf_probe_fits_saves_without_pickle_and_reloads(tmp_path):
     (tmp_path / "probe" / "probe.json").rename(tmp_path / "probe.json")  # a save cut off before its last file
     with pytest.raises(FileNotFoundError, match="no complete probe"):
         Probe.load(tmp_path / "probe")
+    (tmp_path / "probe.json").rename(tmp_path / "probe" / "probe.json")
     probe_texts = ["I can't do that, sorry.", "Sure, here is the plan: step 1."]
     np.testing.assert_allclose(loaded.predict_proba(probe_texts), probe.predict_proba(probe_texts), rtol=1e-9)
     verdicts = make_judge(f"probe:{tmp_path / 'probe'}").judge(["q", "q"], probe_texts)
