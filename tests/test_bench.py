@@ -147,37 +147,49 @@ def test_targets_compare_spard_with_sft_and_the_other_defenses():
     assert targets([row("sft", "a", 0.8, 0.1, 1.0)], "keyword") == []
 
 
-def test_align_stage_fingerprints_the_aligned_model_and_warns_when_a_redo_differs(tiny_model_dir, toy_data, tmp_path,
-                                                                                    monkeypatch, caplog):
+def test_align_stage_fingerprints_the_aligned_model_and_rechecks_only_when_a_redo_differs(
+        tiny_model_dir, toy_data, tmp_path, monkeypatch, caplog):
     import spard.training.align as align_mod
     from spard.bench.report import markdown
 
-    weights = iter([b"first weights", b"second weights"])
+    weights = iter([b"first weights", b"first weights", b"second weights", b"third weights"])
+    calls = []
 
     def fake_alignment(cfg):
+        calls.append(cfg)
         model_dir = Path(cfg.output_dir) / "model"
         model_dir.mkdir(parents=True, exist_ok=True)
         (model_dir / "config.json").write_text("{}")
         (model_dir / "model.safetensors").write_bytes(next(weights))
-        report = {"aligned_model": str(model_dir), "updates": 1}
-        (Path(cfg.output_dir) / "alignment.json").write_text(json.dumps(report))
-        return report
+        checked = {"refusal": 0.9} if cfg.check_harmful else {}
+        return {"aligned_model": str(model_dir), "updates": 1, "before": checked, "after": checked}
 
     monkeypatch.setattr(align_mod, "run_alignment", fake_alignment)
-    cfg = bench_config(tiny_model_dir, toy_data, tmp_path, align={"model": {"name": "base"}, "refusals": "r.jsonl",
-                                                                  "benign": "b.jsonl"})
+    monkeypatch.setattr(align_mod, "refusal_rates", lambda *a: {"refusal": 0.5})
+    align = {"model": {"name": "base"}, "refusals": "r.jsonl", "benign": "b.jsonl", "check_harmful": ["h.jsonl"]}
+    cfg = bench_config(tiny_model_dir, toy_data, tmp_path, align=align)
     report_path = tmp_path / "align" / "alignment.json"
     runner.run_align_stage(cfg, tmp_path, False)
     first = json.loads(report_path.read_text())["model_sha256"]
-    assert len(first) == 64
-    runner.run_align_stage(cfg, tmp_path, False)  # model still there: nothing is redone
-    assert json.loads(report_path.read_text())["model_sha256"] == first
+    assert len(first) == 64 and len(calls) == 1
+    runner.run_align_stage(cfg, tmp_path, False)  # model still there, same settings: nothing is redone
+    assert len(calls) == 1
 
     shutil.rmtree(tmp_path / "align" / "model")  # a fresh clone: the report is committed, the model is not
+    runner.run_align_stage(cfg, tmp_path, False)
+    report = json.loads(report_path.read_text())
+    assert calls[-1].check_harmful == [] and report["model_sha256"] == first and report["after"] == {"refusal": 0.9}
+
+    shutil.rmtree(tmp_path / "align" / "model")
     with caplog.at_level("WARNING", logger="spard.bench.runner"):
         runner.run_align_stage(cfg, tmp_path, False)
-    second = json.loads(report_path.read_text())["model_sha256"]
-    assert second != first and "re-aligned model differs" in caplog.text
+    report = json.loads(report_path.read_text())
+    second = report["model_sha256"]
+    assert second != first and "re-aligned model differs" in caplog.text and report["after"] == {"refusal": 0.5}
+
+    changed = bench_config(tiny_model_dir, toy_data, tmp_path, align={**align, "n_refusals": 10})
+    runner.run_align_stage(changed, tmp_path, False)  # other settings: aligned again although a model is there
+    assert len(calls) == 4 and calls[-1].check_harmful == ["h.jsonl"]
 
     rows = [{"label": "sft", "attack": "a", "harmful_ratio": 0.1, "seed": 0, "start_model": first[:12]},
             {"label": "sft", "attack": "a", "harmful_ratio": 0.1, "seed": 1, "start_model": second[:12]}]

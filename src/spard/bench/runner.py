@@ -20,8 +20,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from spard.bench.config import ALIGNED, BenchConfig, RunSpec, eval_config, expand
-from spard.config import from_dict, load_yaml
+from spard.bench.config import ALIGNED, BenchConfig, RunSpec, config_hash, eval_config, expand
+from spard.config import from_dict, load_yaml, to_dict
 from spard.io import atomic_write_json
 from spard.models.loading import file_sha256
 
@@ -40,28 +40,47 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def run_align_stage(cfg: BenchConfig, out: Path, progress: bool) -> tuple[str | None, str | None]:
-    """Align once (skipped when ``align/alignment.json`` exists); returns (aligned model, unaligned model)."""
+    """Align once and return (aligned model, unaligned model).
+
+    Skipped when ``align/alignment.json`` and the model are there and the report was made with the same
+    align settings. The report is committed and the model is not, so on a fresh clone the model is trained
+    again: its sha256 is compared with the report's, the refusal checks are reused when they match
+    (greedy checks of identical weights), and a mismatch is logged and checked again.
+    """
     if not cfg.align:
         return None, None
-    from spard.training.align import AlignConfig, run_alignment
+    from spard.training.align import AlignConfig, refusal_rates, run_alignment
 
     align_cfg = from_dict(AlignConfig, {**cfg.align, "output_dir": str(out / "align"), "progress": progress}, "align")
+    settings = to_dict(align_cfg)
+    settings.pop("output_dir"), settings.pop("progress")
+    key = config_hash(settings)
+    model_dir = out / "align" / "model"
     report_path = out / "align" / "alignment.json"
     report = _read_json(report_path)
-    if report is None or not (out / "align" / "model" / "config.json").exists():
-        # the report may be all that is left of an earlier alignment (models are not committed): runs
-        # finished then started from the model it fingerprints, so say whether the new one is the same
-        earlier = (report or {}).get("model_sha256")
-        logger.info("alignment stage: training %s", align_cfg.model.name)
-        report = run_alignment(align_cfg)
-        report["model_sha256"] = aligned_model_sha256(out / "align" / "model")
-        if earlier and earlier != report["model_sha256"]:
-            logger.warning("the re-aligned model differs from the one earlier runs started from (sha256 %s, was %s); "
-                           "runs are labelled with the model they started from", report["model_sha256"][:12], earlier[:12])
-        atomic_write_json(report_path, report)
-    elif "model_sha256" not in report:
-        report["model_sha256"] = aligned_model_sha256(out / "align" / "model")
-        atomic_write_json(report_path, report)
+    if report is not None and (model_dir / "config.json").exists() and report.get("config_key", key) == key:
+        if "model_sha256" not in report or "config_key" not in report:  # a report from before fingerprints
+            report.update(model_sha256=aligned_model_sha256(model_dir), config_key=key)
+            atomic_write_json(report_path, report)
+        return report["aligned_model"], align_cfg.model.name
+
+    earlier = report if report is not None and report.get("config_key") == key and report.get("after") else None
+    logger.info("alignment stage: training %s%s", align_cfg.model.name,
+                " again (the report is here, the model is not)" if earlier else "")
+    shutil.rmtree(out / "align" / "check_after", ignore_errors=True)  # generations resume: none from another model
+    checks_off = dataclasses.replace(align_cfg, check_harmful=[], check_benign=None)
+    report = run_alignment(checks_off if earlier else align_cfg)
+    report.update(model_sha256=aligned_model_sha256(model_dir), config_key=key)
+    if earlier and earlier.get("model_sha256") == report["model_sha256"]:
+        logger.info("the re-aligned model is identical to the earlier one (sha256 %s); its refusal checks stand",
+                    report["model_sha256"][:12])
+        report.update(before=earlier["before"], after=earlier["after"])
+    elif earlier:
+        logger.warning("the re-aligned model differs from the one earlier runs started from (sha256 %s, was %s); "
+                       "runs are labelled with the model they started from", report["model_sha256"][:12],
+                       str(earlier.get("model_sha256"))[:12])
+        report.update(before=earlier["before"], after=refusal_rates(str(model_dir), align_cfg, out / "align" / "check_after"))
+    atomic_write_json(report_path, report)
     return report["aligned_model"], align_cfg.model.name
 
 
