@@ -172,12 +172,14 @@ def plot_results(out: Path, rows: Sequence[dict[str, Any]]) -> list[Path]:
     colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, metric, name in ((axes[0], "task_accuracy", "task accuracy"), (axes[1], "answer_nll", "held-out answer NLL (lower is better)")):
+    panels = ((axes[0], "task_accuracy", "task accuracy %", 100.0),
+              (axes[1], "answer_nll", "held-out answer NLL (lower is better)", 1.0))
+    for ax, metric, name, scale in panels:
         for label in labels:
             pts = [(r.get(metric), r.get(f"asr_mean[{judge}]")) for r in rows if r["label"] == label]
             pts = [(x, y) for x, y in pts if x is not None and y is not None]
             if pts:
-                ax.scatter([x for x, _ in pts], [100 * y for _, y in pts], color=colors[label], label=label, alpha=0.8)
+                ax.scatter([scale * x for x, _ in pts], [100 * y for _, y in pts], color=colors[label], label=label, alpha=0.8)
         ax.set_xlabel(name)
         ax.set_ylabel(f"ASR % (judge: {judge})")
         ax.set_ylim(-3, 103)
