@@ -325,7 +325,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cfg = load_bench_config(args.config)
     if args.output_dir:
         cfg.output_dir = args.output_dir
-    rows = run_bench(cfg, progress=not args.no_progress, dry_run=args.dry_run)
+    rows = run_bench(cfg, progress=not args.no_progress, dry_run=args.dry_run, report_only=args.report_only)
     if args.dry_run:
         todo = [r for r in rows if r.get("status") == "to do"]
         print(f"{len(rows)} runs in the grid, {len(todo)} still to do")
@@ -437,7 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run a grid of attacks x defenses x seeds (resumable) and write tables and plots")
     p.add_argument("config", help="benchmark YAML (see configs/)")
     p.add_argument("--output-dir", help="override the config's output_dir")
-    p.add_argument("--dry-run", action="store_true", help="list the runs still to do and stop")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="list the runs still to do and stop")
+    mode.add_argument("--report-only", action="store_true",
+                      help="train nothing; rewrite results.{csv,json,md} and the plots from the finished runs")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_bench)
 

@@ -180,37 +180,47 @@ def result_row(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     return row
 
 
-def run_bench(cfg: BenchConfig, *, progress: bool = True, dry_run: bool = False) -> list[dict[str, Any]]:
-    """Run (or resume) the whole grid and write the results; returns one row per run."""
+def run_bench(cfg: BenchConfig, *, progress: bool = True, dry_run: bool = False,
+              report_only: bool = False) -> list[dict[str, Any]]:
+    """Run (or resume) the whole grid and write the results; returns one row per run.
+
+    ``dry_run``: train nothing, write nothing; finished runs get their result row, the rest a
+    ``status: "to do"`` row. ``report_only``: train nothing, rewrite the tables and plots from the
+    finished runs (after copying runs in from other machines, say)."""
     from spard.bench.report import write_results
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    training = not (dry_run or report_only)
     needs_align = any(ALIGNED in g.models for g in cfg.grids)
     aligned, unaligned = (None, None)
-    if needs_align and not dry_run:
+    if needs_align and training:
         aligned, unaligned = run_align_stage(cfg, out, progress)
     elif needs_align:
         aligned, unaligned = str(out / "align" / "model"), (cfg.align or {}).get("model", {}).get("name")
     start_sha256 = (_read_json(out / "align" / "alignment.json") or {}).get("model_sha256") if needs_align else None
-    if not dry_run:
+    if training:
         fit_probe_stage(cfg)
     runs = expand(cfg, aligned, unaligned)
     logger.info("%s: %d runs in the grid", cfg.name, len(runs))
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     done = skipped = 0
-    for run in tqdm(runs, desc=f"bench {cfg.name}", disable=not progress):
+    for run in tqdm(runs, desc=f"bench {cfg.name}", disable=not progress or not training):
         run_dir = out / "runs" / run.name
         if is_finished(run_dir, run):
             skipped += 1
-        elif dry_run:
-            rows.append({**_cell(run), "run": run.name, "status": "to do"})
+        elif not training:
+            if dry_run:
+                rows.append({**_cell(run), "run": run.name, "status": "to do"})
             continue
         else:
             execute_run(run, run_dir, cfg, progress, start_sha256)
             done += 1
         rows.append(result_row(run, run_dir))
+        if training:
+            write_results(out, rows, cfg)
+    if report_only:
         write_results(out, rows, cfg)
     logger.info("%s: %d runs done now, %d already finished, %.0fs", cfg.name, done, skipped, time.perf_counter() - started)
     return rows
