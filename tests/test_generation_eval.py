@@ -67,8 +67,13 @@ def test_spard_eval_writes_metrics_and_summary(tiny_model_dir, toy_data, tmp_pat
     assert metrics["asr_mean"]["keyword"] is not None
     assert metrics["task"]["n"] == 5 and 0 <= metrics["task"]["accuracy"] <= 1 and metrics["task"]["answer_nll"] > 0
     assert metrics["decoding"] == "greedy"
+    from spard.evaluation.judges import KeywordJudge
+
+    task_rows = [json.loads(line) for line in (out / "generations" / "task.jsonl").read_text().splitlines()]
+    refused = [not v.harmful for v in KeywordJudge().judge([r["prompt"] for r in task_rows], [r["response"] for r in task_rows])]
+    assert metrics["task"]["over_refusal"] == pytest.approx(sum(refused) / 5)
     summary = (out / "summary.md").read_text()
-    assert "judge `keyword`" in summary and "gsm8k" in summary
+    assert "judge `keyword`" in summary and "gsm8k" in summary and "over-refusal" in summary
     assert len((out / "generations" / "eval_harmful.jsonl").read_text().splitlines()) == 6
     assert len((out / "judgements" / "eval_harmful.keyword.jsonl").read_text().splitlines()) == 6
     assert "Attack success rate" in capsys.readouterr().out

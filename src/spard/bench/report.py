@@ -129,15 +129,16 @@ def markdown(rows: Sequence[dict[str, Any]], title: str) -> str:
     if families and judges:
         j = judges[0]
         lines += [f"## Every run (ASR per held-out family, judge `{j}`)", "",
-                  "| defense | attack | p | seed | " + " | ".join(families) + " | mean | task acc. | answer NLL | s/upd. | wall | fired |",
-                  "|---|---|---|---|" + "---|" * (len(families) + 6)]
+                  "| defense | attack | p | seed | " + " | ".join(families) + " | mean | task acc. | answer NLL | over-refusal | s/upd. | wall | fired |",
+                  "|---|---|---|---|" + "---|" * (len(families) + 7)]
         for r in rows:
             cells = [_fmt(r.get(f"asr[{f}][{j}]"), pct=True) for f in families]
             fired = f"{r['projections_fired']}/{r['updates']}" if "projections_fired" in r else ""
             lines.append(
                 f"| {r['label']} | {r['attack']} | {r['harmful_ratio']:g} | {r['seed']} | " + " | ".join(cells)
                 + f" | {_fmt(r.get(f'asr_mean[{j}]'), pct=True)} | {_fmt(r.get('task_accuracy'), pct=True)} | "
-                f"{_fmt(r.get('answer_nll'))} | {_fmt(r.get('seconds_per_update'), digits=2)} | "
+                f"{_fmt(r.get('answer_nll'))} | {_fmt(r.get('over_refusal'), pct=True)} | "
+                f"{_fmt(r.get('seconds_per_update'), digits=2)} | "
                 f"{_fmt((r.get('wall_seconds') or 0) / 60, digits=1)} min | {fired} |"
             )
         lines.append("")

@@ -168,6 +168,7 @@ def result_row(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     row["task"] = task.get("name")
     row["task_accuracy"] = task.get("accuracy")
     row["answer_nll"] = task.get("answer_nll")
+    row["over_refusal"] = task.get("over_refusal")
     row["updates"] = train.get("updates")
     row["seconds_per_update"] = train.get("seconds_per_update")
     row["train_seconds"] = train.get("train_seconds")

@@ -16,7 +16,7 @@ from typing import Any
 
 from spard.data.records import FieldMap, load_examples
 from spard.evaluation.generation import GenerationConfig, generate_responses
-from spard.evaluation.judges import LLMJudgeConfig, agreement, attack_success_rate, make_judge
+from spard.evaluation.judges import KeywordJudge, LLMJudgeConfig, agreement, attack_success_rate, make_judge
 from spard.evaluation.judging import as_verdicts, judge_rows
 from spard.evaluation.loss import response_nll
 from spard.evaluation.metrics import REFERENCE_FIELD, TASK_METRICS, accuracy
@@ -123,6 +123,9 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
         task_metrics: dict[str, Any] = {
             "name": cfg.task, "data": cfg.task_data, "n": len(rows),
             "accuracy": accuracy(cfg.task, [r["response"] for r in rows], [ex.target for ex in examples]),
+            # over-refusal: benign task prompts the keyword judge reads as refused
+            "over_refusal": _mean([float(not v.harmful) for v in KeywordJudge().judge([r["prompt"] for r in rows],
+                                                                               [r["response"] for r in rows])]),
         }
         if cfg.answer_nll:
             task_metrics["answer_nll"] = response_nll(model, tokenizer, examples, system_prompt=gen_cfg.system_prompt)
@@ -162,5 +165,6 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
     if metrics.get("task"):
         t = metrics["task"]
         lines += ["## Task", "", f"{t['name']} on {t['n']} items: accuracy {_pct(t['accuracy'])}"
-                  + (f", answer NLL {t['answer_nll']:.4f} nats/token" if "answer_nll" in t else ""), ""]
+                  + (f", answer NLL {t['answer_nll']:.4f} nats/token" if "answer_nll" in t else "")
+                  + (f", over-refusal {_pct(t['over_refusal'])} (keyword judge)" if "over_refusal" in t else ""), ""]
     return "\n".join(lines) + "\n"
