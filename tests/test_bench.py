@@ -172,7 +172,8 @@ def test_align_stage_fingerprints_the_aligned_model_and_rechecks_only_when_a_red
         (model_dir / "config.json").write_text("{}")
         (model_dir / "model.safetensors").write_bytes(next(weights))
         checked = {"refusal": 0.9} if cfg.check_harmful else {}
-        return {"aligned_model": str(model_dir), "updates": 1, "before": checked, "after": checked}
+        return {"aligned_model": str(model_dir), "updates": 1, "before": checked, "after": checked,
+                "model_sha256": align_mod.model_sha256(model_dir)}
 
     monkeypatch.setattr(align_mod, "run_alignment", fake_alignment)
     monkeypatch.setattr(align_mod, "refusal_rates", lambda *a: {"refusal": 0.5})

@@ -10,7 +10,6 @@ and an interrupted evaluation resumes its generations.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import shutil
@@ -23,7 +22,6 @@ from tqdm.auto import tqdm
 from spard.bench.config import ALIGNED, BenchConfig, RunSpec, config_hash, eval_config, expand
 from spard.config import from_dict, load_yaml, to_dict
 from spard.io import atomic_write_json
-from spard.models.loading import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +47,7 @@ def run_align_stage(cfg: BenchConfig, out: Path, progress: bool) -> tuple[str | 
     """
     if not cfg.align:
         return None, None
-    from spard.training.align import AlignConfig, refusal_rates, run_alignment
+    from spard.training.align import AlignConfig, model_sha256, refusal_rates, run_alignment
 
     align_cfg = from_dict(AlignConfig, {**cfg.align, "output_dir": str(out / "align"), "progress": progress}, "align")
     settings = to_dict(align_cfg)
@@ -60,7 +58,7 @@ def run_align_stage(cfg: BenchConfig, out: Path, progress: bool) -> tuple[str | 
     report = _read_json(report_path)
     if report is not None and (model_dir / "config.json").exists() and report.get("config_key", key) == key:
         if "model_sha256" not in report or "config_key" not in report:  # a report from before fingerprints
-            report.update(model_sha256=aligned_model_sha256(model_dir), config_key=key)
+            report.update(model_sha256=model_sha256(model_dir), config_key=key)
             atomic_write_json(report_path, report)
         return report["aligned_model"], align_cfg.model.name
 
@@ -68,9 +66,8 @@ def run_align_stage(cfg: BenchConfig, out: Path, progress: bool) -> tuple[str | 
     logger.info("alignment stage: training %s%s", align_cfg.model.name,
                 " again (the report is here, the model is not)" if earlier else "")
     shutil.rmtree(out / "align" / "check_after", ignore_errors=True)  # generations resume: none from another model
-    checks_off = dataclasses.replace(align_cfg, check_harmful=[], check_benign=None)
-    report = run_alignment(checks_off if earlier else align_cfg)
-    report.update(model_sha256=aligned_model_sha256(model_dir), config_key=key)
+    report = run_alignment(dataclasses.replace(align_cfg, check_harmful=[], check_benign=None) if earlier else align_cfg)
+    report["config_key"] = key
     if earlier and earlier.get("model_sha256") == report["model_sha256"]:
         logger.info("the re-aligned model is identical to the earlier one (sha256 %s); its refusal checks stand",
                     report["model_sha256"][:12])
@@ -84,23 +81,15 @@ def run_align_stage(cfg: BenchConfig, out: Path, progress: bool) -> tuple[str | 
     return report["aligned_model"], align_cfg.model.name
 
 
-def aligned_model_sha256(model_dir: Path) -> str:
-    """The sha256 of the aligned model's weights (its safetensors files, in name order)."""
-    digest = hashlib.sha256()
-    for path in sorted(model_dir.glob("*.safetensors")):
-        digest.update(file_sha256(path).encode())
-    return digest.hexdigest()
-
-
 def fit_probe_stage(cfg: BenchConfig) -> None:
     """Fit the configured probe judge unless its directory already holds one."""
     if not cfg.probe:
         return
     from spard.data.records import FieldMap, load_examples
-    from spard.evaluation.judges.probe import fit_probe
+    from spard.evaluation.judges.probe import Probe, fit_probe
 
     out = Path(cfg.probe["output"])
-    if (out / "probe.json").exists() and (out / "probe.safetensors").exists():  # probe.json is written last
+    if Probe.is_saved(out):
         return
     texts, labels = [], []
     for path in cfg.probe["data"]:

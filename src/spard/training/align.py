@@ -8,6 +8,7 @@ before and after, with the keyword judge. Output directory: ``model/`` (merged),
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from dataclasses import dataclass, field, replace
@@ -17,7 +18,7 @@ from typing import Any
 from spard.data.records import FieldMap, load_examples, write_jsonl
 from spard.io import atomic_write_json
 from spard.models.adapters import LoraSettings
-from spard.models.loading import ModelConfig
+from spard.models.loading import ModelConfig, file_sha256
 from spard.training.config import DataConfig, TrainConfig, TrainingSettings
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,14 @@ def refusal_rates(model_spec: str, cfg: AlignConfig, out: Path) -> dict[str, Any
     return result
 
 
+def model_sha256(model_dir: Path) -> str:
+    """Fingerprint of a saved model: sha256 over its safetensors files' sha256s, in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        digest.update(file_sha256(path).encode())
+    return digest.hexdigest()
+
+
 def run_alignment(cfg: AlignConfig) -> dict[str, Any]:
     from spard.training.run import run_training
 
@@ -99,6 +108,7 @@ def run_alignment(cfg: AlignConfig) -> dict[str, Any]:
         "benign_examples": sum(1 for ex in picked if ex.origin == "benign"),
         "updates": train_metrics["updates"], "train_seconds": train_metrics["train_seconds"],
         "judge": "keyword", "check_limit": cfg.check_limit, "before": before, "after": after,
+        "model_sha256": model_sha256(out / "model"),
     }
     atomic_write_json(out / "alignment.json", report)
     return report

@@ -84,12 +84,18 @@ class Probe:
         atomic_write_json(directory / "probe.json", meta)
         return directory
 
+    @staticmethod
+    def is_saved(directory: str | Path) -> bool:
+        """Whether ``directory`` holds a complete probe (``probe.json`` is written last by :meth:`save`)."""
+        directory = Path(directory)
+        return (directory / "probe.json").exists() and (directory / "probe.safetensors").exists()
+
     @classmethod
     def load(cls, directory: str | Path) -> Probe:
         from safetensors.numpy import load_file
 
         directory = Path(directory)
-        if not (directory / "probe.json").exists() or not (directory / "probe.safetensors").exists():
+        if not cls.is_saved(directory):
             raise FileNotFoundError(f"{directory}: no complete probe (probe.json + probe.safetensors); fit one with `spard judge fit`")
         tensors = load_file(str(directory / "probe.safetensors"))
         meta = json.loads((directory / "probe.json").read_text())
