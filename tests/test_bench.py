@@ -139,7 +139,7 @@ def test_align_stage_on_the_tiny_model(tiny_model_dir, toy_data, tmp_path):
 
 
 def test_targets_compare_spard_with_sft_and_the_other_defenses():
-    from spard.bench.report import targets
+    from spard.bench.report import asr_matrix, targets
 
     def row(label, attack, asr, acc, nll, seed=0):
         return {"label": label, "attack": attack, "harmful_ratio": 0.1, "seed": seed, "asr_mean[keyword]": asr,
@@ -154,7 +154,22 @@ def test_targets_compare_spard_with_sft_and_the_other_defenses():
     assert "SPARD mean ASR 15.0% vs SFT 70.0%: ratio 0.21 (target <= 0.25: met)" in lines
     assert "lowest ASR among defenses run on the same attacks: spard" in lines  # ptst ran on one attack only
     assert "task accuracy: SPARD minus SFT = -1.500 points" in lines
+    assert "lowest ASR per attack: a: ptst (5.0% of 4 defenses); b: spard (20.0% of 3 defenses)" in lines
     assert targets([row("sft", "a", 0.8, 0.1, 1.0)], "keyword") == []
+
+    # an ablation below SPARD is not "the lowest defense", and stays out of the per-attack verdicts
+    ablation = [{**row("spard-random", x, 0.01, 0.1, 1.0), "defense": "spard"} for x in ("a", "b")]
+    lines = "\n".join(targets(rows + ablation, "keyword"))
+    assert "lowest ASR among defenses run on the same attacks: spard" in lines and "spard-random" not in lines
+
+    table = asr_matrix(rows + ablation, "keyword")
+    assert table[2] == "| defense | a | b | mean |"
+    body = {line.split(" | ")[0][2:]: line for line in table[4:] if line}
+    assert body["ptst"] == "| ptst | **5.0%** |  |  |"  # ran on one attack: no mean
+    assert body["spard"] == "| spard | 10.0% | **20.0%** | 15.0% |"  # mean over seeds, then attacks
+    assert body["spard-random (ablation)"] == "| spard-random (ablation) | 1.0% | 1.0% | 1.0% |"
+    assert list(body)[-1] == "spard-random (ablation)"
+    assert asr_matrix([row("sft", "a", 0.8, 0.1, 1.0)], "keyword")[4] == "| sft | 80.0% | 80.0% |"  # alone: no bold
 
 
 def test_align_stage_fingerprints_the_aligned_model_and_rechecks_only_when_a_redo_differs(
