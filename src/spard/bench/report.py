@@ -64,11 +64,6 @@ def summary_by_defense(rows: Sequence[dict[str, Any]], judge: str) -> list[dict[
     return out
 
 
-def is_ablation(row: dict[str, Any]) -> bool:
-    """A variant of a defense under its own label (``spard-random``), not a competing defense."""
-    return row["label"] != row.get("defense", row["label"])
-
-
 def mean_by_attack(rows: Sequence[dict[str, Any]], key: str) -> dict[str, dict[str, float]]:
     """``{label: {attack: mean of key over seeds}}`` for the attack runs (harmful ratio > 0)."""
     groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -76,6 +71,22 @@ def mean_by_attack(rows: Sequence[dict[str, Any]], key: str) -> dict[str, dict[s
         if r["harmful_ratio"] > 0 and r.get(key) is not None:
             groups[r["label"]][r["attack"]].append(r[key])
     return {label: {a: statistics.fmean(v) for a, v in by.items()} for label, by in groups.items()}
+
+
+def ablation_labels(rows: Sequence[dict[str, Any]]) -> set[str]:
+    """Labels of defense variants run under their own label (``spard-random``): ablations, not competitors."""
+    return {r["label"] for r in rows if r["label"] != r.get("defense", r["label"])}
+
+
+def lowest_by_attack(asr: dict[str, dict[str, float]], ablations: set[str]) -> dict[str, tuple[float, list[str], int]]:
+    """Per attack on which two or more defenses (not ablations) ran: (lowest ASR, the defenses at it, how many ran)."""
+    out = {}
+    for a in sorted({a for by in asr.values() for a in by}):
+        ran = {label: by[a] for label, by in asr.items() if a in by and label not in ablations}
+        if len(ran) > 1:
+            best = min(ran.values())
+            out[a] = (best, sorted(k for k, v in ran.items() if v == best), len(ran))
+    return out
 
 
 def targets(rows: Sequence[dict[str, Any]], judge: str) -> list[str]:
@@ -90,7 +101,7 @@ def targets(rows: Sequence[dict[str, Any]], judge: str) -> list[str]:
     attacks = sorted(set(sft) & set(spard))
     if not attacks:
         return []
-    ablations = {r["label"] for r in rows if is_ablation(r)}
+    ablations = ablation_labels(rows)
     defenses = sorted(label for label in asr if label not in ablations)
     mean = {label: statistics.fmean([asr[label][a] for a in attacks])
             for label in defenses if all(a in asr[label] for a in attacks)}
@@ -104,13 +115,8 @@ def targets(rows: Sequence[dict[str, Any]], judge: str) -> list[str]:
         lowest = mean["spard"] <= others[best_other]
         lines.append(f"- lowest ASR among defenses run on the same attacks: {'spard' if lowest else best_other} "
                      f"({', '.join(f'{k} {_fmt(v, pct=True)}' for k, v in sorted(mean.items(), key=lambda kv: kv[1]))})")
-    per_attack = []
-    for a in sorted({a for label in defenses for a in asr[label]}):
-        ran = {label: asr[label][a] for label in defenses if a in asr[label]}
-        if len(ran) > 1:
-            best = min(ran.values())
-            per_attack.append(f"{a}: {', '.join(k for k, v in sorted(ran.items()) if v == best)} "
-                              f"({_fmt(best, pct=True)} of {len(ran)} defenses)")
+    per_attack = [f"{a}: {', '.join(labels)} ({_fmt(best, pct=True)} of {n} defenses)"
+                  for a, (best, labels, n) in lowest_by_attack(asr, ablations).items()]
     if per_attack:
         lines.append(f"- lowest ASR per attack: {'; '.join(per_attack)}")
     for key, name, scale in (("task_accuracy", "task accuracy", 100.0), ("answer_nll", "answer NLL", 1.0)):
@@ -131,10 +137,9 @@ def asr_matrix(rows: Sequence[dict[str, Any]], judge: str) -> list[str]:
     if not asr:
         return []
     attacks = sorted({a for by in asr.values() for a in by})
-    ablations = {r["label"] for r in rows if is_ablation(r)}
+    ablations = ablation_labels(rows)
     order = sorted(asr, key=lambda label: (label in ablations, label))
-    ran = {a: [by[a] for label, by in asr.items() if a in by and label not in ablations] for a in attacks}
-    best = {a: min(v) if len(v) > 1 else None for a, v in ran.items()}
+    lowest = lowest_by_attack(asr, ablations)
     lines = [f"## ASR by defense and attack (judge `{judge}`; mean over seeds; lowest defense per attack in bold)", "",
              "| defense | " + " | ".join(attacks) + " | mean |", "|---|" + "---|" * (len(attacks) + 1)]
     for label in order:
@@ -142,7 +147,7 @@ def asr_matrix(rows: Sequence[dict[str, Any]], judge: str) -> list[str]:
         for a in attacks:
             v = asr[label].get(a)
             cell = _fmt(v, pct=True) if v is not None else ""
-            cells.append(f"**{cell}**" if v is not None and v == best[a] and label not in ablations else cell)
+            cells.append(f"**{cell}**" if a in lowest and label in lowest[a][1] else cell)
         full = len(asr[label]) == len(attacks)
         mean = _fmt(statistics.fmean(asr[label].values()), pct=True) if full else ""
         lines.append(f"| {label}{' (ablation)' if label in ablations else ''} | " + " | ".join(cells) + f" | {mean} |")
