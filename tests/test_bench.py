@@ -221,3 +221,39 @@ def test_align_stage_fingerprints_the_aligned_model_and_rechecks_only_when_a_red
             {"label": "sft", "attack": "a", "harmful_ratio": 0.1, "seed": 1, "start_model": second[:12]}]
     assert "different aligned models" in markdown(rows, "t")
     assert "different aligned models" not in markdown(rows[:1], "t")
+
+
+def test_ptst_reuses_the_finished_sft_training_and_only_evaluates_differently(
+        tiny_model_dir, toy_data, tmp_path, monkeypatch):
+    import spard.training.run as run_mod
+
+    trained = []
+    real_train = run_mod.run_training
+    monkeypatch.setattr(run_mod, "run_training", lambda cfg: trained.append(cfg.defense) or real_train(cfg))
+    cfg = bench_config(tiny_model_dir, toy_data, tmp_path / "p")
+    cfg.defenses = ["sft", "ptst"]
+    cfg.grids = cfg.grids[:1]
+    cfg.grids[0].defenses = ["sft", "ptst"]
+    cfg.train["ptst"] = {"eval_system_prompt": "Be safe."}  # the default fills the tiny model's context
+    rows = run_bench(cfg, progress=False)
+    assert trained == ["sft"]
+    sft_dir, ptst_dir = (tmp_path / "p" / "runs" / r["run"] for r in rows)
+    metrics = json.loads((ptst_dir / "metrics.json").read_text())
+    assert metrics["defense"] == "ptst" and metrics["reused_training_from"] == sft_dir.name
+    assert metrics["eval_system_prompt"] and metrics["train_seconds"] > 0
+    assert ((ptst_dir / "model" / "adapter_model.safetensors").read_bytes()
+            == (sft_dir / "model" / "adapter_model.safetensors").read_bytes())
+    assert (ptst_dir / "train_log.jsonl").read_text() == (sft_dir / "train_log.jsonl").read_text()
+    assert "defense: ptst" in (ptst_dir / "config.yaml").read_text()
+    evals = [json.loads((d / "eval" / "metrics.json").read_text()) for d in (sft_dir, ptst_dir)]
+    assert evals[0]["system_prompt"] is None and evals[1]["system_prompt"] == metrics["eval_system_prompt"]
+
+    # with a training system prompt, plain fine-tuning uses it and PTST does not: no reuse
+    cfg = bench_config(tiny_model_dir, toy_data, tmp_path / "q")
+    cfg.defenses, cfg.grids = ["sft", "ptst"], cfg.grids[:1]
+    cfg.grids[0].defenses = ["sft", "ptst"]
+    cfg.train["data"]["system_prompt"] = "Be brief."
+    cfg.train["ptst"] = {"eval_system_prompt": "Be safe."}
+    trained.clear()
+    run_bench(cfg, progress=False)
+    assert trained == ["sft", "ptst"]

@@ -109,13 +109,33 @@ def is_finished(run_dir: Path, run: RunSpec) -> bool:
     )
 
 
+def find_same_training(run: RunSpec, train_cfg: Any, runs_dir: Path) -> Path | None:
+    """A finished run (with its model on disk) whose training is the same as ``run``'s, or None.
+
+    That is a run of the defense ``run``'s defense trains like (see ``Defense.trains_like``) with
+    every other setting equal, found by its key."""
+    from spard.defenses import get_defense
+
+    like = get_defense(run.defense, train_cfg).trains_like()
+    if like is None:
+        return None
+    key = config_hash({**run.train, "defense": like})
+    for meta_path in sorted(runs_dir.glob("*/run.json")):
+        meta = _read_json(meta_path)
+        d = meta_path.parent
+        if (meta and meta.get("key") == key and not meta.get("pending") and _read_json(d / "metrics.json")
+                and any((d / "model").glob("*.safetensors"))):
+            return d
+    return None
+
+
 def execute_run(run: RunSpec, run_dir: Path, cfg: BenchConfig, progress: bool, start_sha256: str | None = None) -> None:
     """Train (unless a finished training with the same key is there) and evaluate one run.
 
     ``start_sha256`` fingerprints the aligned starting model, recorded in ``run.json``."""
     from spard.evaluation.evaluate import run_evaluation
     from spard.training.config import TrainConfig
-    from spard.training.run import run_training
+    from spard.training.run import reuse_training, run_training
 
     meta = _read_json(run_dir / "run.json")
     trained = meta is not None and meta.get("key") == run.key and _read_json(run_dir / "metrics.json") is not None
@@ -126,7 +146,11 @@ def execute_run(run: RunSpec, run_dir: Path, cfg: BenchConfig, progress: bool, s
         run_dir.mkdir(parents=True)
         atomic_write_json(run_dir / "run.json", {"key": run.key, "pending": True, **_cell(run)})
         train_cfg = from_dict(TrainConfig, {**run.train_config(), "output_dir": str(run_dir), "progress": progress})
-        run_training(train_cfg)
+        donor = find_same_training(run, train_cfg, run_dir.parent)
+        if donor is not None:
+            reuse_training(train_cfg, donor)
+        else:
+            run_training(train_cfg)
     ev = eval_config(cfg)
     ev = dataclasses.replace(ev, output_dir=str(run_dir / "eval"), progress=progress,
                              model=dataclasses.replace(ev.model, name=str(run_dir / "model")))

@@ -45,6 +45,12 @@ class Defense:
         """The examples the utility steps train on (by default the possibly poisoned task set)."""
         return list(task)
 
+    def trains_like(self) -> str | None:
+        """The defense whose training under this config is identical to this one's, update for update
+        (same data, prompts, trainer and seed), or None. ``spard bench`` then reuses a finished run of
+        that defense instead of training again; only the evaluation differs."""
+        return None
+
     def train_system_prompt(self) -> str | None:
         return self.config.data.system_prompt
 

@@ -11,6 +11,10 @@ from spard.defenses.base import Defense, register
 class PTST(Defense):
     name = "ptst"
 
+    def trains_like(self) -> str | None:
+        # Plain fine-tuning trains with data.system_prompt; without one the two runs are the same.
+        return "sft" if self.config.data.system_prompt is None else None
+
     def train_system_prompt(self) -> str | None:
         return None
 

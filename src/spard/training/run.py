@@ -8,6 +8,7 @@ safety data), ``model/`` (adapter or merged model), ``train_log.jsonl`` (a row p
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -88,6 +89,40 @@ def training_arguments(cfg: TrainConfig, output_dir: Path) -> Any:
     )
 
 
+def resolve_config(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with what its defense decides filled in (the selector when ``selection.method`` is auto)."""
+    if cfg.selection.method != "auto":
+        return cfg
+    selector = get_defense(cfg.defense, cfg).default_selector
+    return dataclasses.replace(cfg, selection=dataclasses.replace(cfg.selection, method=selector))
+
+
+def reuse_training(cfg: TrainConfig, donor_dir: str | Path) -> dict[str, Any]:
+    """Finish the run ``cfg`` describes from a finished run of the defense it trains like.
+
+    Valid only when ``get_defense(cfg.defense, cfg).trains_like()`` names the donor's defense: the two
+    trainings are then the same computation, so the donor's model, step log and training statistics
+    are copied, and ``metrics.json`` gets this defense's name and evaluation prompt plus
+    ``reused_training_from`` naming the donor."""
+    out, donor_dir = Path(cfg.output_dir), Path(donor_dir)
+    defense = get_defense(cfg.defense, cfg)
+    donor = json.loads((donor_dir / "metrics.json").read_text())
+    if defense.trains_like() is None or donor.get("defense") != defense.trains_like():
+        raise ValueError(f"{cfg.defense} does not train like the {donor.get('defense')!r} run in {donor_dir}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").unlink(missing_ok=True)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(resolve_config(cfg)), sort_keys=False))
+    shutil.rmtree(out / "model", ignore_errors=True)
+    shutil.copytree(donor_dir / "model", out / "model")
+    if (donor_dir / "train_log.jsonl").exists():
+        shutil.copyfile(donor_dir / "train_log.jsonl", out / "train_log.jsonl")
+    metrics = {**donor, "defense": cfg.defense, "eval_system_prompt": defense.eval_system_prompt(),
+               "reused_training_from": donor_dir.name}
+    atomic_write_json(out / "metrics.json", metrics)
+    logger.info("%s trains like %s: reused the finished run %s", cfg.defense, donor["defense"], donor_dir.name)
+    return metrics
+
+
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
     """Run one fine-tuning job as configured and return its metrics (also written to ``metrics.json``)."""
     from transformers import set_seed
@@ -101,10 +136,8 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").unlink(missing_ok=True)
         (out / "train_log.jsonl").unlink(missing_ok=True)
-    selection_cfg = cfg.selection
-    if selection_cfg.method == "auto":
-        selection_cfg = dataclasses.replace(selection_cfg, method=defense.default_selector)
-    resolved = dataclasses.replace(cfg, selection=selection_cfg)
+    resolved = resolve_config(cfg)
+    selection_cfg = resolved.selection
     if main_process:
         atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(resolved), sort_keys=False))
     set_seed(cfg.training.seed)
