@@ -247,6 +247,9 @@ def test_ptst_reuses_the_finished_sft_training_and_only_evaluates_differently(
     assert "defense: ptst" in (ptst_dir / "config.yaml").read_text()
     evals = [json.loads((d / "eval" / "metrics.json").read_text()) for d in (sft_dir, ptst_dir)]
     assert evals[0]["system_prompt"] is None and evals[1]["system_prompt"] == metrics["eval_system_prompt"]
+    assert rows[1]["reused_training_from"] == sft_dir.name and "reused_training_from" not in rows[0]
+    table = (tmp_path / "p" / "results.md").read_text()
+    assert "min† |" in table and "copied from it" in table
 
     # with a training system prompt, plain fine-tuning uses it and PTST does not: no reuse
     cfg = bench_config(tiny_model_dir, toy_data, tmp_path / "q")

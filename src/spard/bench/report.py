@@ -14,6 +14,9 @@ from typing import Any
 
 from spard.io import atomic_write_json, atomic_write_text, read_jsonl
 
+#: Marks a run whose training was copied from an identical finished run (``reused_training_from``).
+REUSED_MARK = "†"
+
 
 def judges_in(rows: Sequence[dict[str, Any]]) -> list[str]:
     found: list[str] = []
@@ -190,10 +193,14 @@ def markdown(rows: Sequence[dict[str, Any]], title: str) -> str:
                 + f" | {_fmt(r.get(f'asr_mean[{j}]'), pct=True)} | {_fmt(r.get('task_accuracy'), pct=True)} | "
                 f"{_fmt(r.get('answer_nll'))} | {_fmt(r.get('over_refusal'), pct=True)} | "
                 f"{_fmt(r.get('seconds_per_update'), digits=2)} | "
-                f"{_fmt((r.get('wall_seconds') or 0) / 60, digits=1)} min | {fired} |"
+                f"{_fmt((r.get('wall_seconds') or 0) / 60, digits=1)} min{REUSED_MARK if r.get('reused_training_from') else ''} | {fired} |"
             )
+        if any(r.get("reused_training_from") for r in rows):
+            lines += ["", f"{REUSED_MARK} the training was the same computation as a finished run's (see "
+                      "`Defense.trains_like`) and was copied from it; the wall time counts that training."]
         lines.append("")
     return "\n".join(lines)
+
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:

@@ -187,6 +187,8 @@ def result_row(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     row["train_seconds"] = train.get("train_seconds")
     row["wall_seconds"] = (train.get("wall_seconds") or 0.0) + (ev.get("wall_seconds") or 0.0)
     row["k"] = train.get("selection", {}).get("k")
+    if train.get("reused_training_from"):
+        row["reused_training_from"] = train["reused_training_from"]
     for key in ("projections_fired", "projection_rate", "tau", "safe_loss_first", "safe_loss_last",
                 "heldout_safe_loss_first", "heldout_safe_loss_last", "conflict_rate"):
         if key in t:
