@@ -73,6 +73,10 @@ def test_bench_runs_resumes_and_redoes_partial_runs(tiny_model_dir, toy_data, tm
     assert all(r["asr_mean[keyword]"] is not None and r["answer_nll"] > 0 and r["wall_seconds"] > 0 for r in rows)
     assert " min |" in table  # wall time per run
     assert rows[1]["projections_fired"] is not None
+    # the starting model was evaluated once, before fine-tuning, and heads the CSV (the resume below re-evaluates nothing)
+    assert len(list((out / "start").glob("*/eval/metrics.json"))) == 1
+    assert "## Start models before fine-tuning" in table and "task gain kept" in table
+    assert (out / "results.csv").read_text().splitlines()[1].split(",")[2] == "start model"
 
     calls = {"train": 0, "eval": 0}
     import spard.evaluation.evaluate as evaluate_mod
@@ -260,3 +264,24 @@ def test_ptst_reuses_the_finished_sft_training_and_only_evaluates_differently(
     trained.clear()
     run_bench(cfg, progress=False)
     assert trained == ["sft", "ptst"]
+
+
+def test_task_gain_kept_is_measured_from_the_start_model_against_sft_of_the_same_cell():
+    from spard.bench.report import markdown, with_task_gain
+
+    def row(label, nll, attack="a", seed=0):
+        return {"model": "m", "attack": attack, "label": label, "defense": label, "harmful_ratio": 0.1, "seed": seed,
+                "answer_nll": nll, "asr_mean[keyword]": 0.5, "task_accuracy": 0.1}
+
+    starts = [{"model": "m", "attack": "none", "label": "start model", "defense": "none", "harmful_ratio": 0.0,
+               "seed": None, "answer_nll": 1.0, "asr_mean[keyword]": 0.05, "asr[fam][keyword]": 0.05}]
+    rows = [row("sft", 0.8), row("spard", 0.85), row("lisa", 1.0), row("worse", 1.1),
+            row("spard", 0.9, seed=1), row("sft", 1.2, attack="b"), row("spard", 0.9, attack="b")]
+    gained = with_task_gain(rows, starts)
+    assert [r.get("task_gain_kept") for r in gained[:4]] == pytest.approx([1.0, 0.75, 0.0, -0.5])
+    assert "task_gain_kept" not in gained[4]  # no SFT run with seed 1
+    assert "task_gain_kept" not in gained[6]  # SFT did not lower the NLL on attack b
+    assert with_task_gain(rows, []) == rows  # no start model: nothing to measure from
+    page = markdown(gained[:4], "t", starts)
+    assert "## Start models before fine-tuning (judge `keyword`)" in page and "| m | 5.0% | 5.0% |" in page
+    assert "task gain kept (share of SFT's answer-NLL drop" in page and "spard 75.0%" in page

@@ -52,6 +52,10 @@ class BenchConfig:
     #: optional probe judge to fit before the runs when its directory is missing:
     #: ``{data: [files with safe/unsafe responses], output: DIR}``; use it in ``eval.judges`` as ``probe:DIR``.
     probe: dict[str, Any] | None = None
+    #: Evaluate every starting model once, before any fine-tuning, exactly like a run (``align/eval``
+    #: for ``@aligned``, ``start/<model>/eval`` otherwise). Its answer NLL is the zero of the
+    #: "task gain kept" column: how much of plain fine-tuning's task gain a defense keeps.
+    evaluate_start: bool = True
 
 
 @dataclass(frozen=True)

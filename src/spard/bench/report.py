@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import statistics
 from collections import defaultdict
@@ -14,6 +13,8 @@ from typing import Any
 
 from spard.io import atomic_write_json, atomic_write_text, read_jsonl
 
+#: Label of the rows that evaluate a starting model before any fine-tuning.
+START_LABEL = "start model"
 #: Marks a run whose training was copied from an identical finished run (``reused_training_from``).
 REUSED_MARK = "†"
 
@@ -49,6 +50,25 @@ def _pm(values: list[float], pct: bool = False, digits: int = 3) -> str:
     return _fmt(mean, pct, digits)
 
 
+def with_task_gain(rows: Sequence[dict[str, Any]], starts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with ``task_gain_kept``: the share of plain fine-tuning's task gain a run keeps,
+
+        (NLL_start - NLL_run) / (NLL_start - NLL_sft),
+
+    NLL being the held-out answer NLL, start the starting model before fine-tuning and sft the
+    ``sft`` run with the same model, attack, harmful ratio and seed. 1 = as much as SFT, 0 = none
+    (still the starting model), negative = worse than the start. Missing where either is missing or
+    SFT did not lower the NLL."""
+    start_nll = {s["model"]: s.get("answer_nll") for s in starts}
+    sft_nll = {(r["model"], r["attack"], r["harmful_ratio"], r["seed"]): r.get("answer_nll") for r in rows if r["label"] == "sft"}
+    out = []
+    for r in rows:
+        base, sft, own = start_nll.get(r["model"]), sft_nll.get((r["model"], r["attack"], r["harmful_ratio"], r["seed"])), r.get("answer_nll")
+        gain = (base - own) / (base - sft) if None not in (base, sft, own) and base > sft else None
+        out.append({**r, "task_gain_kept": gain} if gain is not None else dict(r))
+    return out
+
+
 def summary_by_defense(rows: Sequence[dict[str, Any]], judge: str) -> list[dict[str, Any]]:
     """Per (defense label, harmful ratio): mean ASR over attacks and seeds, task metrics, cost."""
     groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
@@ -62,6 +82,7 @@ def summary_by_defense(rows: Sequence[dict[str, Any]], judge: str) -> list[dict[
             "asr": [r.get(f"asr_mean[{judge}]") for r in items],
             "task_accuracy": [r.get("task_accuracy") for r in items],
             "answer_nll": [r.get("answer_nll") for r in items],
+            "task_gain_kept": [r.get("task_gain_kept") for r in items],
             "seconds_per_update": [r.get("seconds_per_update") for r in items],
         })
     return out
@@ -118,6 +139,12 @@ def targets(rows: Sequence[dict[str, Any]], judge: str) -> list[str]:
         lowest = mean["spard"] <= others[best_other]
         lines.append(f"- lowest ASR among defenses run on the same attacks: {'spard' if lowest else best_other} "
                      f"({', '.join(f'{k} {_fmt(v, pct=True)}' for k, v in sorted(mean.items(), key=lambda kv: kv[1]))})")
+    gain = mean_by_attack(rows, "task_gain_kept")
+    kept = {label: statistics.fmean([gain[label][a] for a in attacks])
+            for label in mean if all(a in gain.get(label, {}) for a in attacks)}
+    if len(kept) > 1:
+        lines.append("- task gain kept (share of SFT's answer-NLL drop from the start model, same attack and seed): "
+                     + ", ".join(f"{k} {_fmt(v, pct=True)}" for k, v in sorted(kept.items(), key=lambda kv: -kv[1])))
     per_attack = [f"{a}: {', '.join(labels)} ({_fmt(best, pct=True)} of {n} defenses)"
                   for a, (best, labels, n) in lowest_by_attack(asr, ablations).items()]
     if per_attack:
@@ -157,26 +184,48 @@ def asr_matrix(rows: Sequence[dict[str, Any]], judge: str) -> list[str]:
     return lines + [""]
 
 
-def markdown(rows: Sequence[dict[str, Any]], title: str) -> str:
+def start_table(starts: Sequence[dict[str, Any]], judge: str) -> list[str]:
+    """Markdown table of the starting models evaluated before fine-tuning (one row each)."""
+    if not starts:
+        return []
+    families = sorted({k.split("]")[0][4:] for r in starts for k in r if k.startswith("asr[")})
+    lines = [f"## Start models before fine-tuning (judge `{judge}`)", "",
+             "| model | " + " | ".join(families) + " | mean ASR | task acc. | answer NLL | over-refusal |",
+             "|---|" + "---|" * (len(families) + 4)]
+    for r in starts:
+        lines.append(f"| {r['model']} | " + " | ".join(_fmt(r.get(f"asr[{f}][{judge}]"), pct=True) for f in families)
+                     + f" | {_fmt(r.get(f'asr_mean[{judge}]'), pct=True)} | {_fmt(r.get('task_accuracy'), pct=True)} | "
+                     f"{_fmt(r.get('answer_nll'))} | {_fmt(r.get('over_refusal'), pct=True)} |")
+    return lines + [""]
+
+
+def markdown(rows: Sequence[dict[str, Any]], title: str, starts: Sequence[dict[str, Any]] = ()) -> str:
+    """The results page: targets, start models, ASR by defense and attack, per-defense summary, every run.
+
+    ``rows`` are the fine-tuning runs (with ``task_gain_kept`` where known), ``starts`` the start-model rows."""
     judges = judges_in(rows)
     lines = [f"# {title}", ""]
     if not rows:
         return "\n".join(lines + ["No finished runs yet.", ""])
-    starts = sorted({r["start_model"] for r in rows if r.get("start_model")})
-    if len(starts) > 1:
-        lines += [f"**Warning:** these runs started from {len(starts)} different aligned models "
-                  f"(sha256 {', '.join(starts)}); compare runs that share one (column `start_model` in results.csv).", ""]
+    shas = sorted({r["start_model"] for r in rows if r.get("start_model")})
+    if len(shas) > 1:
+        lines += [f"**Warning:** these runs started from {len(shas)} different aligned models "
+                  f"(sha256 {', '.join(shas)}); compare runs that share one (column `start_model` in results.csv).", ""]
     for judge in judges:
         lines += targets(rows, judge)
+    for judge in judges_in(starts):
+        lines += start_table(starts, judge)
     for judge in judges:
         lines += asr_matrix(rows, judge)
     for judge in judges:
         lines += [f"## By defense (ASR judge: `{judge}`; mean ± sd over attacks and seeds)", "",
-                  "| defense | p | runs | ASR | task accuracy | answer NLL | s / update |", "|---|---|---|---|---|---|---|"]
+                  "| defense | p | runs | ASR | task accuracy | answer NLL | task gain kept | s / update |",
+                  "|---|---|---|---|---|---|---|---|"]
         for s in sorted(summary_by_defense(rows, judge), key=lambda s: (s["harmful_ratio"], s["label"])):
             lines.append(
                 f"| {s['label']} | {s['harmful_ratio']:g} | {s['runs']} | {_pm(s['asr'], pct=True)} | "
-                f"{_pm(s['task_accuracy'], pct=True)} | {_pm(s['answer_nll'])} | {_pm(s['seconds_per_update'], digits=2)} |"
+                f"{_pm(s['task_accuracy'], pct=True)} | {_pm(s['answer_nll'])} | {_pm(s['task_gain_kept'], pct=True)} | "
+                f"{_pm(s['seconds_per_update'], digits=2)} |"
             )
         lines.append("")
     families = sorted({k.split("]")[0][4:] for r in rows for k in r if k.startswith("asr[")})
@@ -215,8 +264,8 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def plot_results(out: Path, rows: Sequence[dict[str, Any]]) -> list[Path]:
-    """ASR vs task metric, ASR per attack per defense, and SPAG's safe loss over training."""
+def plot_results(out: Path, rows: Sequence[dict[str, Any]], starts: Sequence[dict[str, Any]] = ()) -> list[Path]:
+    """ASR vs task metric (start models as black stars), ASR per attack per defense, and SPAG's safe loss over training."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -239,6 +288,11 @@ def plot_results(out: Path, rows: Sequence[dict[str, Any]]) -> list[Path]:
             pts = [(x, y) for x, y in pts if x is not None and y is not None]
             if pts:
                 ax.scatter([scale * x for x, _ in pts], [100 * y for _, y in pts], color=colors[label], label=label, alpha=0.8)
+        pts = [(r.get(metric), r.get(f"asr_mean[{judge}]")) for r in starts]
+        pts = [(x, y) for x, y in pts if x is not None and y is not None]
+        if pts:
+            ax.scatter([scale * x for x, _ in pts], [100 * y for _, y in pts], color="black", marker="*", s=120,
+                       label="start model (no fine-tuning)")
         ax.set_xlabel(name)
         ax.set_ylabel(f"ASR % (judge: {judge})")
         ax.set_ylim(-3, 103)
@@ -298,12 +352,10 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def write_results(out: Path, rows: Sequence[dict[str, Any]], cfg: Any) -> None:
-    atomic_write_json(out / "results.json", list(rows))
-    write_csv(out / "results.csv", rows)
-    atomic_write_text(out / "results.md", markdown(rows, f"Benchmark `{cfg.name}`"))
-    plot_results(out, rows)
-
-
-def load_rows(out: Path) -> list[dict[str, Any]]:
-    return json.loads((out / "results.json").read_text())
+def write_results(out: Path, rows: Sequence[dict[str, Any]], cfg: Any, starts: Sequence[dict[str, Any]] = ()) -> None:
+    """Write ``results.{json,csv,md}`` and the plots; the start-model rows come first in JSON and CSV."""
+    rows = with_task_gain(rows, starts)
+    atomic_write_json(out / "results.json", [*starts, *rows])
+    write_csv(out / "results.csv", [*starts, *rows])
+    atomic_write_text(out / "results.md", markdown(rows, f"Benchmark `{cfg.name}`", starts))
+    plot_results(out, rows, starts)

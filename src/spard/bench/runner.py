@@ -20,6 +20,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from spard.bench.config import ALIGNED, BenchConfig, RunSpec, config_hash, eval_config, expand
+from spard.bench.report import START_LABEL, write_results
 from spard.config import from_dict, load_yaml, to_dict
 from spard.io import atomic_write_json
 
@@ -164,14 +165,9 @@ def _cell(run: RunSpec) -> dict[str, Any]:
             "harmful_ratio": run.harmful_ratio, "seed": run.seed}
 
 
-def result_row(run: RunSpec, run_dir: Path) -> dict[str, Any]:
-    train = _read_json(run_dir / "metrics.json") or {}
-    ev = _read_json(run_dir / "eval" / "metrics.json") or {}
-    t = train.get("training", {})
-    row: dict[str, Any] = {**_cell(run), "run": run_dir.name}
-    start = (_read_json(run_dir / "run.json") or {}).get("start_model_sha256")
-    if start:
-        row["start_model"] = start[:12]
+def eval_fields(ev: dict[str, Any]) -> dict[str, Any]:
+    """The result columns an evaluation's ``metrics.json`` gives: ASR per family and judge, task metrics."""
+    row: dict[str, Any] = {}
     for family, res in ev.get("asr", {}).items():
         for judge in ev.get("judges", []):
             row[f"asr[{family}][{judge}]"] = res[judge]["asr"]
@@ -182,6 +178,48 @@ def result_row(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     row["task_accuracy"] = task.get("accuracy")
     row["answer_nll"] = task.get("answer_nll")
     row["over_refusal"] = task.get("over_refusal")
+    return row
+
+
+def start_eval_dir(out: Path, model: str) -> Path:
+    """Where the starting model ``model`` (as written in the grid) is evaluated before fine-tuning."""
+    if model == ALIGNED:
+        return out / "align" / "eval"
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in model.strip("/")) or "model"
+    return out / "start" / slug / "eval"
+
+
+def start_rows(cfg: BenchConfig, runs: list[RunSpec], out: Path, *, evaluate: bool, progress: bool) -> list[dict[str, Any]]:
+    """One row per starting model of the grid, evaluated as it is (evaluated now when ``evaluate``
+    and not yet done); label ``start model``. Empty when ``cfg.evaluate_start`` is off."""
+    from spard.evaluation.evaluate import run_evaluation
+
+    if not cfg.evaluate_start:
+        return []
+    rows = []
+    for model, path in dict.fromkeys((r.model, r.model_path or r.model) for r in runs):
+        eval_dir = start_eval_dir(out, model)
+        if evaluate and _read_json(eval_dir / "metrics.json") is None:
+            logger.info("evaluating the starting model %s before any fine-tuning", model)
+            ev = eval_config(cfg)
+            run_evaluation(dataclasses.replace(ev, output_dir=str(eval_dir), progress=progress,
+                                               model=dataclasses.replace(ev.model, name=path)))
+        ev = _read_json(eval_dir / "metrics.json")
+        if ev is not None:
+            rows.append({"model": model, "attack": "none", "label": START_LABEL, "defense": "none",
+                         "harmful_ratio": 0.0, "seed": None, "run": str(eval_dir.parent.relative_to(out)), **eval_fields(ev)})
+    return rows
+
+
+def result_row(run: RunSpec, run_dir: Path) -> dict[str, Any]:
+    train = _read_json(run_dir / "metrics.json") or {}
+    ev = _read_json(run_dir / "eval" / "metrics.json") or {}
+    t = train.get("training", {})
+    row: dict[str, Any] = {**_cell(run), "run": run_dir.name}
+    start = (_read_json(run_dir / "run.json") or {}).get("start_model_sha256")
+    if start:
+        row["start_model"] = start[:12]
+    row.update(eval_fields(ev))
     row["updates"] = train.get("updates")
     row["seconds_per_update"] = train.get("seconds_per_update")
     row["train_seconds"] = train.get("train_seconds")
@@ -202,9 +240,8 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, dry_run: bool = False,
 
     ``dry_run``: train nothing, write nothing; finished runs get their result row, the rest a
     ``status: "to do"`` row. ``report_only``: train nothing, rewrite the tables and plots from the
-    finished runs (after copying runs in from other machines, say)."""
-    from spard.bench.report import write_results
-
+    finished runs (after copying runs in from other machines, say). Unless ``cfg.evaluate_start`` is
+    off, each starting model is evaluated first, as it is; its row goes to the tables, not the returned list."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     training = not (dry_run or report_only)
@@ -219,6 +256,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, dry_run: bool = False,
         fit_probe_stage(cfg)
     runs = expand(cfg, aligned, unaligned)
     logger.info("%s: %d runs in the grid", cfg.name, len(runs))
+    starts = start_rows(cfg, runs, out, evaluate=training, progress=progress)
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     done = skipped = 0
@@ -235,8 +273,8 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, dry_run: bool = False,
             done += 1
         rows.append(result_row(run, run_dir))
         if training:
-            write_results(out, rows, cfg)
+            write_results(out, rows, cfg, starts)
     if report_only:
-        write_results(out, rows, cfg)
+        write_results(out, rows, cfg, starts)
     logger.info("%s: %d runs done now, %d already finished, %.0fs", cfg.name, done, skipped, time.perf_counter() - started)
     return rows
