@@ -285,3 +285,8 @@ def test_task_gain_kept_is_measured_from_the_start_model_against_sft_of_the_same
     page = markdown(gained[:4], "t", starts)
     assert "## Start models before fine-tuning (judge `keyword`)" in page and "| m | 5.0% | 5.0% |" in page
     assert "task gain kept (share of SFT's answer-NLL drop" in page and "spard 75.0%" in page
+    # lisa keeps none of the gain: the lowest ASR overall, but not among the defenses that keep half of it
+    gained[2]["asr_mean[keyword]"] = 0.01
+    page = markdown(gained[:4], "t", starts)
+    assert "lowest ASR among defenses run on the same attacks: lisa" in page
+    assert "keep at least 50% of SFT's task gain: spard (spard 50.0%)" in page

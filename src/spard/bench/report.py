@@ -15,6 +15,9 @@ from spard.io import atomic_write_json, atomic_write_text, read_jsonl
 
 #: Label of the rows that evaluate a starting model before any fine-tuning.
 START_LABEL = "start model"
+#: A defense that keeps less of plain fine-tuning's task gain than this has mostly not fine-tuned:
+#: the targets also name the lowest ASR among the defenses that keep at least this much.
+USEFUL_GAIN = 0.5
 #: Marks a run whose training was copied from an identical finished run (``reused_training_from``).
 REUSED_MARK = "†"
 
@@ -145,6 +148,11 @@ def targets(rows: Sequence[dict[str, Any]], judge: str) -> list[str]:
     if len(kept) > 1:
         lines.append("- task gain kept (share of SFT's answer-NLL drop from the start model, same attack and seed): "
                      + ", ".join(f"{k} {_fmt(v, pct=True)}" for k, v in sorted(kept.items(), key=lambda kv: -kv[1])))
+        useful = {k: mean[k] for k, v in kept.items() if v >= USEFUL_GAIN and k != "sft"}
+        if useful:
+            best = min(useful, key=useful.get)
+            lines.append(f"- lowest ASR among defenses that keep at least {USEFUL_GAIN:.0%} of SFT's task gain: {best} ("
+                         + ", ".join(f"{k} {_fmt(v, pct=True)}" for k, v in sorted(useful.items(), key=lambda kv: kv[1])) + ")")
     per_attack = [f"{a}: {', '.join(labels)} ({_fmt(best, pct=True)} of {n} defenses)"
                   for a, (best, labels, n) in lowest_by_attack(asr, ablations).items()]
     if per_attack:
