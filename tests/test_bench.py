@@ -290,3 +290,17 @@ def test_task_gain_kept_is_measured_from_the_start_model_against_sft_of_the_same
     page = markdown(gained[:4], "t", starts)
     assert "lowest ASR among defenses run on the same attacks: lisa" in page
     assert "keep at least 50% of SFT's task gain: spard (spard 50.0%)" in page
+
+
+def test_training_is_reused_only_from_the_defense_it_trains_like(tmp_path):
+    from spard.training.config import TrainConfig
+    from spard.training.run import reuse_training
+
+    donor = tmp_path / "donor"
+    (donor / "model").mkdir(parents=True)
+    (donor / "metrics.json").write_text(json.dumps({"defense": "spard", "updates": 3}))
+    for defense in ("ptst", "sft"):  # spard is not what PTST trains like; SFT trains like nothing else
+        cfg = from_dict(TrainConfig, {"defense": defense, "output_dir": str(tmp_path / defense)})
+        with pytest.raises(ValueError, match="does not train like"):
+            reuse_training(cfg, donor)
+        assert not (tmp_path / defense / "metrics.json").exists()
