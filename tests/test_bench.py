@@ -276,8 +276,10 @@ def test_task_gain_kept_is_measured_from_the_start_model_against_sft_of_the_same
     starts = [{"model": "m", "attack": "none", "label": "start model", "defense": "none", "harmful_ratio": 0.0,
                "seed": None, "answer_nll": 1.0, "asr_mean[keyword]": 0.05, "asr[fam][keyword]": 0.05}]
     rows = [row("sft", 0.8), row("spard", 0.85), row("lisa", 1.0), row("worse", 1.1),
-            row("spard", 0.9, seed=1), row("sft", 1.2, attack="b"), row("spard", 0.9, attack="b")]
+            row("spard", 0.9, seed=1), row("sft", 1.2, attack="b"), row("spard", 0.9, attack="b"),
+            {**row("ptst", 0.9), "eval_system_prompt": True}]
     gained = with_task_gain(rows, starts)
+    assert "task_gain_kept" not in gained[7]  # evaluated under a system prompt the start and SFT were not
     assert [r.get("task_gain_kept") for r in gained[:4]] == pytest.approx([1.0, 0.75, 0.0, -0.5])
     assert "task_gain_kept" not in gained[4]  # no SFT run with seed 1
     assert "task_gain_kept" not in gained[6]  # SFT did not lower the NLL on attack b

@@ -60,14 +60,20 @@ def with_task_gain(rows: Sequence[dict[str, Any]], starts: Sequence[dict[str, An
 
     NLL being the held-out answer NLL, start the starting model before fine-tuning and sft the
     ``sft`` run with the same model, attack, harmful ratio and seed. 1 = as much as SFT, 0 = none
-    (still the starting model), negative = worse than the start. Missing where either is missing or
-    SFT did not lower the NLL."""
-    start_nll = {s["model"]: s.get("answer_nll") for s in starts}
-    sft_nll = {(r["model"], r["attack"], r["harmful_ratio"], r["seed"]): r.get("answer_nll") for r in rows if r["label"] == "sft"}
+    (still the starting model), negative = worse than the start. Missing where either is missing, where
+    SFT did not lower the NLL, or where the run was evaluated under a system prompt the other two were
+    not (PTST: its NLL answers a longer prompt, so it is not on the same scale)."""
+    def cell(r: dict[str, Any]) -> tuple[Any, ...]:
+        return r["model"], r["attack"], r["harmful_ratio"], r["seed"]
+
+    start = {s["model"]: s for s in starts}
+    sft = {cell(r): r for r in rows if r["label"] == "sft"}
     out = []
     for r in rows:
-        base, sft, own = start_nll.get(r["model"]), sft_nll.get((r["model"], r["attack"], r["harmful_ratio"], r["seed"])), r.get("answer_nll")
-        gain = (base - own) / (base - sft) if None not in (base, sft, own) and base > sft else None
+        ends = (start.get(r["model"]), sft.get(cell(r)), r)
+        nll = [e.get("answer_nll") if e else None for e in ends]
+        same_prompt = len({bool(e.get("eval_system_prompt")) for e in ends if e}) == 1
+        gain = (nll[0] - nll[2]) / (nll[0] - nll[1]) if None not in nll and nll[0] > nll[1] and same_prompt else None
         out.append({**r, "task_gain_kept": gain} if gain is not None else dict(r))
     return out
 

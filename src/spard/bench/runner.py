@@ -178,6 +178,7 @@ def eval_fields(ev: dict[str, Any]) -> dict[str, Any]:
     row["task_accuracy"] = task.get("accuracy")
     row["answer_nll"] = task.get("answer_nll")
     row["over_refusal"] = task.get("over_refusal")
+    row["eval_system_prompt"] = bool(ev.get("system_prompt"))
     return row
 
 
