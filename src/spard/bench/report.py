@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from spard.io import atomic_write_json, atomic_write_text, read_jsonl
+from spard.io import atomic_write, atomic_write_json, atomic_write_text, read_jsonl
 
 #: Label of the rows that evaluate a starting model before any fine-tuning.
 START_LABEL = "start model"
@@ -359,11 +359,10 @@ def plot_results(out: Path, rows: Sequence[dict[str, Any]], starts: Sequence[dic
 def _save(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
+    finally:
+        plt.close(fig)
 
 
 def write_results(out: Path, rows: Sequence[dict[str, Any]], cfg: Any, starts: Sequence[dict[str, Any]] = ()) -> None:

@@ -272,10 +272,11 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, dry_run: bool = False,
         else:
             execute_run(run, run_dir, cfg, progress, start_sha256)
             done += 1
+            rows.append(result_row(run, run_dir))
+            write_results(out, rows, cfg, starts)  # after every new run, so a long grid shows its progress
+            continue
         rows.append(result_row(run, run_dir))
-        if training:
-            write_results(out, rows, cfg, starts)
-    if report_only:
+    if not dry_run:
         write_results(out, rows, cfg, starts)
     logger.info("%s: %d runs done now, %d already finished, %.0fs", cfg.name, done, skipped, time.perf_counter() - started)
     return rows

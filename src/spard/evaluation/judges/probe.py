@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from spard.evaluation.judges.base import Judge, Verdict
-from spard.io import atomic_write_json
+from spard.io import atomic_write, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +74,7 @@ class Probe:
             tensors["idf"] = self.idf.astype(np.float64)
         # probe.json is written last and marks a complete probe; each file goes in through a rename
         (directory / "probe.json").unlink(missing_ok=True)
-        tmp = directory / ".probe.safetensors.tmp"
-        save_file(tensors, str(tmp))
-        os.replace(tmp, directory / "probe.safetensors")
+        atomic_write(directory / "probe.safetensors", lambda tmp: save_file(tensors, str(tmp)))
         atomic_write_json(directory / "probe_vocab.json", self.vocabulary)
         meta = {"features": self.features, "encoder": self.encoder, "ngram_range": list(self.ngram_range),
                 "threshold": self.threshold, **self.info}
