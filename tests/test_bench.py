@@ -76,6 +76,7 @@ def test_bench_runs_resumes_and_redoes_partial_runs(tiny_model_dir, toy_data, tm
     # the starting model was evaluated once, before fine-tuning, and heads the CSV (the resume below re-evaluates nothing)
     assert len(list((out / "start").glob("*/eval/metrics.json"))) == 1
     assert "## Start models before fine-tuning" in table and "task gain kept" in table
+    assert "| spard-closed | spag.form=closed | 1 |" in table  # the ablation table names what it changed
     assert (out / "results.csv").read_text().splitlines()[1].split(",")[2] == "start model"
 
     calls = {"train": 0, "eval": 0}
@@ -284,7 +285,10 @@ def test_task_gain_kept_is_measured_from_the_start_model_against_sft_of_the_same
     assert "task_gain_kept" not in gained[4]  # no SFT run with seed 1
     assert "task_gain_kept" not in gained[6]  # SFT did not lower the NLL on attack b
     assert with_task_gain(rows, []) == rows  # no start model: nothing to measure from
-    page = markdown(gained[:4], "t", starts)
+    variant = {**row("spard-random", 0.9), "defense": "spard", "asr_mean[keyword]": 0.25}
+    page = markdown([*gained[:4], *with_task_gain([rows[0], variant], starts)[1:]], "t", starts,
+                    {"spard-random": {"selection.method": "random"}})
+    assert ("| spard-random | selection.method=random | 1 | 25.0% | 50.0% | 50.0% | 75.0% |" in page)
     assert "## Start models before fine-tuning (judge `keyword`)" in page and "| m | 5.0% | 5.0% |" in page
     assert "task gain kept (share of SFT's answer-NLL drop" in page and "spard 75.0%" in page
     # lisa keeps none of the gain: the lowest ASR overall, but not among the defenses that keep half of it

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from spard.bench.config import defense_specs
 from spard.io import atomic_write, atomic_write_json, atomic_write_text, read_jsonl
 
 #: Label of the rows that evaluate a starting model before any fine-tuning.
@@ -198,6 +199,35 @@ def asr_matrix(rows: Sequence[dict[str, Any]], judge: str) -> list[str]:
     return lines + [""]
 
 
+def ablation_table(rows: Sequence[dict[str, Any]], judge: str, changes: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """Markdown table: each ablation (a defense under another label) against its defense on the same
+    attacks and seeds: mean ASR of both, task gain kept by both, and the settings the ablation changed."""
+    ablations = ablation_labels(rows)
+    if not ablations:
+        return []
+    changes = changes or {}
+    key = f"asr_mean[{judge}]"
+
+    def cell(r: dict[str, Any]) -> tuple[Any, ...]:
+        return r["model"], r["attack"], r["harmful_ratio"], r["seed"]
+
+    lines = [f"## Ablations against their defense (judge `{judge}`; same attacks and seeds)", "",
+             "| variant | changes | runs | ASR | ASR of the defense | task gain kept | of the defense |", "|---|---|---|---|---|---|---|"]
+    for label in sorted(ablations):
+        variant = [r for r in rows if r["label"] == label and r.get(key) is not None]
+        defense = variant[0]["defense"] if variant else None
+        base = {cell(r): r for r in rows if r["label"] == defense and r.get(key) is not None}
+        pairs = [(r, base[cell(r)]) for r in variant if cell(r) in base]
+        if not pairs:
+            continue
+        changed = ", ".join(f"{k}={v}" for k, v in changes.get(label, {}).items())
+        lines.append(
+            f"| {label} | {changed} | {len(pairs)} | {_pm([a[key] for a, _ in pairs], pct=True)} | "
+            f"{_pm([b[key] for _, b in pairs], pct=True)} | {_pm([a.get('task_gain_kept') for a, _ in pairs], pct=True)} | "
+            f"{_pm([b.get('task_gain_kept') for _, b in pairs], pct=True)} |")
+    return [*lines, ""] if len(lines) > 4 else []
+
+
 def start_table(starts: Sequence[dict[str, Any]], judge: str) -> list[str]:
     """Markdown table of the starting models evaluated before fine-tuning (one row each)."""
     if not starts:
@@ -213,10 +243,12 @@ def start_table(starts: Sequence[dict[str, Any]], judge: str) -> list[str]:
     return lines + [""]
 
 
-def markdown(rows: Sequence[dict[str, Any]], title: str, starts: Sequence[dict[str, Any]] = ()) -> str:
-    """The results page: targets, start models, ASR by defense and attack, per-defense summary, every run.
+def markdown(rows: Sequence[dict[str, Any]], title: str, starts: Sequence[dict[str, Any]] = (),
+             changes: dict[str, dict[str, Any]] | None = None) -> str:
+    """The results page: targets, start models, ASR by defense and attack, ablations, per-defense summary, every run.
 
-    ``rows`` are the fine-tuning runs (with ``task_gain_kept`` where known), ``starts`` the start-model rows."""
+    ``rows`` are the fine-tuning runs (with ``task_gain_kept`` where known), ``starts`` the start-model
+    rows, ``changes`` the config overrides of each labelled variant."""
     judges = judges_in(rows)
     lines = [f"# {title}", ""]
     if not rows:
@@ -231,6 +263,8 @@ def markdown(rows: Sequence[dict[str, Any]], title: str, starts: Sequence[dict[s
         lines += start_table(starts, judge)
     for judge in judges:
         lines += asr_matrix(rows, judge)
+    for judge in judges:
+        lines += ablation_table(rows, judge, changes)
     for judge in judges:
         lines += [f"## By defense (ASR judge: `{judge}`; mean ± sd over attacks and seeds)", "",
                   "| defense | p | runs | ASR | task accuracy | answer NLL | task gain kept | s / update |",
@@ -370,5 +404,6 @@ def write_results(out: Path, rows: Sequence[dict[str, Any]], cfg: Any, starts: S
     rows = with_task_gain(rows, starts)
     atomic_write_json(out / "results.json", [*starts, *rows])
     write_csv(out / "results.csv", [*starts, *rows])
-    atomic_write_text(out / "results.md", markdown(rows, f"Benchmark `{cfg.name}`", starts))
+    changes = {label: spec.overrides for label, spec in defense_specs(cfg).items()}
+    atomic_write_text(out / "results.md", markdown(rows, f"Benchmark `{cfg.name}`", starts, changes))
     plot_results(out, rows, starts)
