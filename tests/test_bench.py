@@ -310,3 +310,18 @@ def test_training_is_reused_only_from_the_defense_it_trains_like(tmp_path):
         with pytest.raises(ValueError, match="does not train like"):
             reuse_training(cfg, donor)
         assert not (tmp_path / defense / "metrics.json").exists()
+
+
+def test_demo_prints_the_aligned_model_then_sft_and_spard(tiny_model_dir, tmp_path, capsys):
+    from spard.cli import main
+
+    pytest.importorskip("sentence_transformers")  # the demo selects with all-MiniLM-L6-v2
+    assert main(["demo", "--model", str(tiny_model_dir), "--steps", "2", "--output-dir", str(tmp_path / "demo"),
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [line.split(" | ")[0] for line in table] == [
+        "| defense", "| aligned model, before the attack", "| sft", "| spard"]
+    start, sft = table[1].split(" | "), table[2].split(" | ")
+    assert start[4:] == ["n/a", "n/a |"]  # the start model has no gain and no updates of its own
+    assert sft[4] in ("100%", "n/a") and float(sft[5].rstrip(" |")) > 0  # SFT keeps all of its own gain, if any

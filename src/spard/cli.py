@@ -338,21 +338,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from spard.bench.demo import demo_config
+    from spard.bench.report import START_LABEL
     from spard.bench.runner import run_bench
 
     started = time.perf_counter()
     cfg = demo_config(args.output_dir, model=args.model, steps=args.steps)
-    rows = run_bench(cfg, progress=not args.no_progress)
+    run_bench(cfg, progress=not args.no_progress)
+    rows = json.loads((Path(args.output_dir) / "results.json").read_text())  # the start model first, then the runs
     align = json.loads((Path(args.output_dir) / "align" / "alignment.json").read_text())
     print(f"\nAlignment of {align['base_model']}: refusal on held-out harmful prompts "
           f"{100 * align['before'].get('refusal', 0):.0f}% -> {100 * align['after'].get('refusal', 0):.0f}%, "
           f"over-refusal on benign prompts {100 * align['before'].get('over_refusal', 0):.0f}% -> "
           f"{100 * align['after'].get('over_refusal', 0):.0f}% (keyword judge)")
     print("\nAttack: toy fine-tuning set poisoned with compliance-shaped samples; SFT vs SPARD:\n")
-    print("| defense | ASR (keyword) | task accuracy | answer NLL | s / update |\n|---|---|---|---|---|")
+    print("| defense | ASR (keyword) | task accuracy | answer NLL | task gain kept | s / update |\n|---|---|---|---|---|---|")
+
+    def cell(value: float | None, fmt: str) -> str:
+        return "n/a" if value is None else format(value, fmt)
+
     for r in rows:
-        print(f"| {r['label']} | {100 * (r.get('asr_mean[keyword]') or 0):.1f}% | {100 * (r.get('task_accuracy') or 0):.1f}% "
-              f"| {r.get('answer_nll') or 0:.3f} | {r.get('seconds_per_update') or 0:.2f} |")
+        label = "aligned model, before the attack" if r["label"] == START_LABEL else r["label"]
+        print(f"| {label} | {cell(r.get('asr_mean[keyword]'), '.1%')} | {cell(r.get('task_accuracy'), '.1%')} "
+              f"| {cell(r.get('answer_nll'), '.3f')} | {cell(r.get('task_gain_kept'), '.0%')} "
+              f"| {cell(r.get('seconds_per_update'), '.2f')} |")
     print(f"\nfull results: {Path(args.output_dir) / 'results.md'}; plots: "
           + ", ".join(str(p) for p in sorted(Path(args.output_dir).glob('*.png'))))
     print(f"demo wall time: {time.perf_counter() - started:.0f}s")
