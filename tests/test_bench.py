@@ -325,3 +325,21 @@ def test_demo_prints_the_aligned_model_then_sft_and_spard(tiny_model_dir, tmp_pa
     start, sft = table[1].split(" | "), table[2].split(" | ")
     assert start[4:] == ["n/a", "n/a |"]  # the start model has no gain and no updates of its own
     assert sft[4] in ("100%", "n/a") and float(sft[5].rstrip(" |")) > 0  # SFT keeps all of its own gain, if any
+
+
+def test_a_setting_added_with_its_neutral_value_keeps_the_keys_of_finished_runs():
+    from spard.bench.config import KEY_NEUTRAL_DEFAULTS, config_hash, run_key
+
+    before = {"defense": "lisa", "lisa": {"rho": 1.0}}  # a run keyed before lisa.proximal_from existed
+    assert run_key(before) == config_hash(before)
+    assert run_key({**before, "lisa": {"rho": 1.0, "proximal_from": 0.0}}) == run_key(before)
+    assert run_key({**before, "lisa": {"rho": 1.0, "proximal_from": 0.1}}) != run_key(before)
+    assert run_key({"defense": "sft"}) == config_hash({"defense": "sft"})  # no such section: nothing to drop
+    # every neutral value is the field's default, so a config that does not mention it keeps its old key
+    from spard.config import to_dict
+    from spard.training.config import TrainConfig
+
+    defaults = to_dict(TrainConfig())
+    for dotted, neutral in KEY_NEUTRAL_DEFAULTS.items():
+        section, leaf = dotted.split(".")
+        assert defaults[section][leaf] == neutral, dotted

@@ -58,9 +58,10 @@ def test_safety_data_defenses_get_k_random_samples_by_default(tiny_model_dir, to
 
 
 def test_lisa_alternates_and_its_proximal_term_holds_weights_near_the_switch(tiny_model_dir, toy_data, tmp_path):
-    def run(rho, name):
+    def run(rho, name, proximal_from=0.0):
         cfg = base_config(tiny_model_dir, toy_data, tmp_path / name, defense="lisa", **{
-            "training.max_steps": 8, "lisa.alignment_steps": 2, "lisa.finetune_steps": 4, "lisa.rho": rho})
+            "training.max_steps": 8, "lisa.alignment_steps": 2, "lisa.finetune_steps": 4, "lisa.rho": rho,
+            "lisa.proximal_from": proximal_from})
         metrics = run_training(cfg)
         log = [json.loads(line) for line in (tmp_path / name / "train_log.jsonl").read_text().splitlines()]
         return metrics, log
@@ -73,6 +74,9 @@ def test_lisa_alternates_and_its_proximal_term_holds_weights_near_the_switch(tin
     held = [r["distance_to_switch"] for r in log if r["step"] in (6, 12)]
     drift = [r["distance_to_switch"] for r in free if r["step"] in (6, 12)]
     assert all(h < 0.8 * d for h, d in zip(held, drift, strict=True)), (held, drift)
+    # the authors' warm-up: no proximal term before proximal_from x all updates (here: never)
+    _, late = run(50.0, "late", proximal_from=1.0)
+    assert [r["distance_to_switch"] for r in late] == pytest.approx([r["distance_to_switch"] for r in free], rel=1e-4)
 
 
 def test_ptst_trains_without_and_evaluates_with_the_safety_prompt(tiny_model_dir, toy_data, tmp_path, monkeypatch):

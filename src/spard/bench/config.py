@@ -75,7 +75,7 @@ class RunSpec:
 
     @property
     def key(self) -> str:
-        return config_hash(self.train)
+        return run_key(self.train)
 
     def train_config(self) -> dict[str, Any]:
         """The training config to run: ``train`` with the model's real path."""
@@ -88,6 +88,26 @@ class RunSpec:
 
 def config_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+#: Training settings added after runs had been keyed, each with the value that does what the code did
+#: before it existed. A run's key leaves such a setting out while it has that value, so adding a
+#: setting does not turn every finished run into a stale one. Add new TrainConfig fields here.
+KEY_NEUTRAL_DEFAULTS: dict[str, Any] = {"lisa.proximal_from": 0.0}
+
+
+def run_key(train: dict[str, Any]) -> str:
+    """The key of a run with the resolved training config ``train``: the hash of ``train`` without the
+    settings of :data:`KEY_NEUTRAL_DEFAULTS` that have their neutral value."""
+    pruned = json.loads(json.dumps(train, default=str))
+    for dotted, neutral in KEY_NEUTRAL_DEFAULTS.items():
+        *parents, leaf = dotted.split(".")
+        node = pruned
+        for name in parents:
+            node = node.get(name) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node and node[leaf] == neutral:
+            del node[leaf]
+    return config_hash(pruned)
 
 
 def defense_specs(cfg: BenchConfig) -> dict[str, DefenseSpec]:

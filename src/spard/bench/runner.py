@@ -19,7 +19,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from spard.bench.config import ALIGNED, BenchConfig, RunSpec, config_hash, eval_config, expand
+from spard.bench.config import ALIGNED, BenchConfig, RunSpec, config_hash, eval_config, expand, run_key
 from spard.bench.report import START_LABEL, write_results
 from spard.config import from_dict, load_yaml, to_dict
 from spard.io import atomic_write_json
@@ -120,7 +120,7 @@ def find_same_training(run: RunSpec, train_cfg: Any, runs_dir: Path) -> Path | N
     like = get_defense(run.defense, train_cfg).trains_like()
     if like is None:
         return None
-    key = config_hash({**run.train, "defense": like})
+    key = run_key({**run.train, "defense": like})
     for meta_path in sorted(runs_dir.glob("*/run.json")):
         meta = _read_json(meta_path)
         d = meta_path.parent

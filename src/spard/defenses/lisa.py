@@ -57,7 +57,8 @@ class LisaTrainer(SafetyTrainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
     def before_optimizer_step(self) -> dict[str, Any]:
-        distance = add_proximal_gradient(self.trainable_parameters(), self._anchor, self.lisa.rho)
+        proximal = self.state.global_step >= self.lisa.proximal_from * self.state.max_steps
+        distance = add_proximal_gradient(self.trainable_parameters(), self._anchor, self.lisa.rho if proximal else 0.0)
         return {"state": self._state, "distance_to_switch": distance}
 
     def summary(self) -> dict[str, Any]:

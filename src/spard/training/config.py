@@ -65,6 +65,9 @@ class LisaConfig:
     finetune_steps: int = 900
     rho: float = 1.0
     alignment_batch_size: int | None = None  # default: the fine-tuning batch size
+    #: Share of all updates made before the proximal term starts (the authors' code: 0.1, "for GSM8K
+    #: the proximal term hurts convergence"); 0 = from the first update.
+    proximal_from: float = 0.0
 
 
 @dataclass
