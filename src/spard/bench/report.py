@@ -32,6 +32,16 @@ def judges_in(rows: Sequence[dict[str, Any]]) -> list[str]:
     return found
 
 
+def families_in(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The held-out prompt families that rows report an ASR for (``asr[FAMILY][JUDGE]`` columns)."""
+    return sorted({k.split("]")[0][4:] for r in rows for k in r if k.startswith("asr[")})
+
+
+def grid_cell(row: dict[str, Any]) -> tuple[Any, ...]:
+    """(model, attack, harmful ratio, seed): the runs of different defenses that face the same data."""
+    return row["model"], row["attack"], row["harmful_ratio"], row["seed"]
+
+
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not vals:
@@ -64,14 +74,11 @@ def with_task_gain(rows: Sequence[dict[str, Any]], starts: Sequence[dict[str, An
     (still the starting model), negative = worse than the start. Missing where either is missing, where
     SFT did not lower the NLL, or where the run was evaluated under a system prompt the other two were
     not (PTST: its NLL answers a longer prompt, so it is not on the same scale)."""
-    def cell(r: dict[str, Any]) -> tuple[Any, ...]:
-        return r["model"], r["attack"], r["harmful_ratio"], r["seed"]
-
     start = {s["model"]: s for s in starts}
-    sft = {cell(r): r for r in rows if r["label"] == "sft"}
+    sft = {grid_cell(r): r for r in rows if r["label"] == "sft"}
     out = []
     for r in rows:
-        ends = (start.get(r["model"]), sft.get(cell(r)), r)
+        ends = (start.get(r["model"]), sft.get(grid_cell(r)), r)
         nll = [e.get("answer_nll") if e else None for e in ends]
         same_prompt = len({bool(e.get("eval_system_prompt")) for e in ends if e}) == 1
         gain = (nll[0] - nll[2]) / (nll[0] - nll[1]) if None not in nll and nll[0] > nll[1] and same_prompt else None
@@ -207,17 +214,13 @@ def ablation_table(rows: Sequence[dict[str, Any]], judge: str, changes: dict[str
         return []
     changes = changes or {}
     key = f"asr_mean[{judge}]"
-
-    def cell(r: dict[str, Any]) -> tuple[Any, ...]:
-        return r["model"], r["attack"], r["harmful_ratio"], r["seed"]
-
     lines = [f"## Ablations against their defense (judge `{judge}`; same attacks and seeds)", "",
              "| variant | changes | runs | ASR | ASR of the defense | task gain kept | of the defense |", "|---|---|---|---|---|---|---|"]
     for label in sorted(ablations):
         variant = [r for r in rows if r["label"] == label and r.get(key) is not None]
         defense = variant[0]["defense"] if variant else None
-        base = {cell(r): r for r in rows if r["label"] == defense and r.get(key) is not None}
-        pairs = [(r, base[cell(r)]) for r in variant if cell(r) in base]
+        base = {grid_cell(r): r for r in rows if r["label"] == defense and r.get(key) is not None}
+        pairs = [(r, base[grid_cell(r)]) for r in variant if grid_cell(r) in base]
         if not pairs:
             continue
         changed = ", ".join(f"{k}={v}" for k, v in changes.get(label, {}).items())
@@ -232,7 +235,7 @@ def start_table(starts: Sequence[dict[str, Any]], judge: str) -> list[str]:
     """Markdown table of the starting models evaluated before fine-tuning (one row each)."""
     if not starts:
         return []
-    families = sorted({k.split("]")[0][4:] for r in starts for k in r if k.startswith("asr[")})
+    families = families_in(starts)
     lines = [f"## Start models before fine-tuning (judge `{judge}`)", "",
              "| model | " + " | ".join(families) + " | mean ASR | task acc. | answer NLL | over-refusal |",
              "|---|" + "---|" * (len(families) + 4)]
@@ -276,7 +279,7 @@ def markdown(rows: Sequence[dict[str, Any]], title: str, starts: Sequence[dict[s
                 f"{_pm(s['seconds_per_update'], digits=2)} |"
             )
         lines.append("")
-    families = sorted({k.split("]")[0][4:] for r in rows for k in r if k.startswith("asr[")})
+    families = families_in(rows)
     if families and judges:
         j = judges[0]
         lines += [f"## Every run (ASR per held-out family, judge `{j}`)", "",
@@ -297,7 +300,6 @@ def markdown(rows: Sequence[dict[str, Any]], title: str, starts: Sequence[dict[s
                       "`Defense.trains_like`) and was copied from it; the wall time counts that training."]
         lines.append("")
     return "\n".join(lines)
-
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:

@@ -130,11 +130,19 @@ def find_same_training(run: RunSpec, train_cfg: Any, runs_dir: Path) -> Path | N
     return None
 
 
+def evaluate_model(cfg: BenchConfig, model: str | Path, eval_dir: Path, progress: bool) -> None:
+    """Evaluate ``model`` with the grid's evaluation settings into ``eval_dir`` (resumes its generations)."""
+    from spard.evaluation.evaluate import run_evaluation
+
+    ev = eval_config(cfg)
+    run_evaluation(dataclasses.replace(ev, output_dir=str(eval_dir), progress=progress,
+                                       model=dataclasses.replace(ev.model, name=str(model))))
+
+
 def execute_run(run: RunSpec, run_dir: Path, cfg: BenchConfig, progress: bool, start_sha256: str | None = None) -> None:
     """Train (unless a finished training with the same key is there) and evaluate one run.
 
     ``start_sha256`` fingerprints the aligned starting model, recorded in ``run.json``."""
-    from spard.evaluation.evaluate import run_evaluation
     from spard.training.config import TrainConfig
     from spard.training.run import reuse_training, run_training
 
@@ -152,10 +160,7 @@ def execute_run(run: RunSpec, run_dir: Path, cfg: BenchConfig, progress: bool, s
             reuse_training(train_cfg, donor)
         else:
             run_training(train_cfg)
-    ev = eval_config(cfg)
-    ev = dataclasses.replace(ev, output_dir=str(run_dir / "eval"), progress=progress,
-                             model=dataclasses.replace(ev.model, name=str(run_dir / "model")))
-    run_evaluation(ev)
+    evaluate_model(cfg, run_dir / "model", run_dir / "eval", progress)
     stamp = {"start_model_sha256": start_sha256} if start_sha256 and run.model == ALIGNED else {}
     atomic_write_json(run_dir / "run.json", {"key": run.key, **_cell(run), **stamp})
 
@@ -193,8 +198,6 @@ def start_eval_dir(out: Path, model: str) -> Path:
 def start_rows(cfg: BenchConfig, runs: list[RunSpec], out: Path, *, evaluate: bool, progress: bool) -> list[dict[str, Any]]:
     """One row per starting model of the grid, evaluated as it is (evaluated now when ``evaluate``
     and not yet done); label ``start model``. Empty when ``cfg.evaluate_start`` is off."""
-    from spard.evaluation.evaluate import run_evaluation
-
     if not cfg.evaluate_start:
         return []
     rows = []
@@ -202,9 +205,7 @@ def start_rows(cfg: BenchConfig, runs: list[RunSpec], out: Path, *, evaluate: bo
         eval_dir = start_eval_dir(out, model)
         if evaluate and _read_json(eval_dir / "metrics.json") is None:
             logger.info("evaluating the starting model %s before any fine-tuning", model)
-            ev = eval_config(cfg)
-            run_evaluation(dataclasses.replace(ev, output_dir=str(eval_dir), progress=progress,
-                                               model=dataclasses.replace(ev.model, name=path)))
+            evaluate_model(cfg, path, eval_dir, progress)
         ev = _read_json(eval_dir / "metrics.json")
         if ev is not None:
             rows.append({"model": model, "attack": "none", "label": START_LABEL, "defense": "none",
@@ -263,7 +264,8 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, dry_run: bool = False,
     done = skipped = 0
     for run in tqdm(runs, desc=f"bench {cfg.name}", disable=not progress or not training):
         run_dir = out / "runs" / run.name
-        if is_finished(run_dir, run):
+        is_new = not is_finished(run_dir, run)
+        if not is_new:
             skipped += 1
         elif not training:
             if dry_run:
@@ -272,10 +274,9 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, dry_run: bool = False,
         else:
             execute_run(run, run_dir, cfg, progress, start_sha256)
             done += 1
-            rows.append(result_row(run, run_dir))
-            write_results(out, rows, cfg, starts)  # after every new run, so a long grid shows its progress
-            continue
         rows.append(result_row(run, run_dir))
+        if is_new:
+            write_results(out, rows, cfg, starts)  # after every new run, so a long grid shows its progress
     if not dry_run:
         write_results(out, rows, cfg, starts)
     logger.info("%s: %d runs done now, %d already finished, %.0fs", cfg.name, done, skipped, time.perf_counter() - started)

@@ -107,7 +107,8 @@ def reuse_training(cfg: TrainConfig, donor_dir: str | Path) -> dict[str, Any]:
     out, donor_dir = Path(cfg.output_dir), Path(donor_dir)
     defense = get_defense(cfg.defense, cfg)
     donor = json.loads((donor_dir / "metrics.json").read_text())
-    if defense.trains_like() is None or donor.get("defense") != defense.trains_like():
+    like = defense.trains_like()
+    if like is None or donor.get("defense") != like:
         raise ValueError(f"{cfg.defense} does not train like the {donor.get('defense')!r} run in {donor_dir}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").unlink(missing_ok=True)
