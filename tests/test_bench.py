@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from spard.bench import runner
-from spard.bench.config import BenchConfig, expand
+from spard.bench.config import BenchConfig, expand, parse_shard, select_runs
 from spard.bench.runner import run_bench
 from spard.config import ConfigError, from_dict
 
@@ -121,6 +121,28 @@ def test_bench_runs_resumes_and_redoes_partial_runs(tiny_model_dir, toy_data, tm
 def test_dry_run_lists_what_is_left(tiny_model_dir, toy_data, tmp_path):
     rows = run_bench(bench_config(tiny_model_dir, toy_data, tmp_path / "d"), progress=False, dry_run=True)
     assert len(rows) == 6 and all(r["status"] == "to do" for r in rows)
+
+
+def test_only_and_shards_pick_disjoint_runs_that_cover_the_grid(tiny_model_dir, toy_data, tmp_path):
+    cfg = bench_config(tiny_model_dir, toy_data, tmp_path / "s")
+    runs = expand(cfg)
+    assert [r.label for r in select_runs(runs, only=["spard-*"])] == ["spard", "spard-closed"]  # glob on the run name
+    assert [r.label for r in select_runs(runs, only=["spard-closed-*"])] == ["spard-closed"]
+    assert {r.attack for r in select_runs(runs, only=["*-none-*", "spard-toy-*"])} == {"none", "toy"}
+    assert len(select_runs(runs, only=["*-s1-*"])) == 2
+    shards = [select_runs(runs, shard=(i, 3)) for i in (1, 2, 3)]
+    names = [r.name for part in shards for r in part]
+    assert sorted(names) == sorted(r.name for r in runs)  # disjoint, and together the whole grid
+    assert [r.name for r in select_runs(list(reversed(runs)), shard=(2, 3))] == [r.name for r in reversed(shards[1])]
+    with pytest.raises(ConfigError, match="'lisa-\\*' matches none of the 6 runs"):
+        select_runs(runs, only=["lisa-*"])
+    for bad in ("3", "0/2", "3/2", "a/b"):
+        with pytest.raises(ConfigError, match="shard: expected I/N"):
+            parse_shard(bad)
+    assert parse_shard("2/5") == (2, 5)
+    # a dry run lists only the selected unfinished runs
+    listed = run_bench(cfg, progress=False, dry_run=True, only=["sft-*"], shard=None)
+    assert {r["run"].split("-")[0] for r in listed} == {"sft"} and len(listed) == 4
 
 
 def test_align_stage_on_the_tiny_model(tiny_model_dir, toy_data, tmp_path):

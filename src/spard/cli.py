@@ -320,15 +320,19 @@ def _print_results(output_dir: str) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from spard.bench.config import parse_shard
     from spard.bench.runner import load_bench_config, run_bench
 
     cfg = load_bench_config(args.config)
     if args.output_dir:
         cfg.output_dir = args.output_dir
-    rows = run_bench(cfg, progress=not args.no_progress, dry_run=args.dry_run, report_only=args.report_only)
+    shard = parse_shard(args.shard) if args.shard else None
+    rows = run_bench(cfg, progress=not args.no_progress, dry_run=args.dry_run, report_only=args.report_only,
+                     only=args.only or (), shard=shard)
     if args.dry_run:
         todo = [r for r in rows if r.get("status") == "to do"]
-        print(f"{len(rows)} runs in the grid, {len(todo)} still to do")
+        scope = " (of the runs --only/--shard select)" if args.only or shard else ""
+        print(f"{len(rows) - len(todo)} runs finished, {len(todo)} still to do{scope}")
         for r in todo:
             print(f"  {r['run']}")
         return 0
@@ -449,6 +453,11 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--dry-run", action="store_true", help="list the runs still to do and stop")
     mode.add_argument("--report-only", action="store_true",
                       help="train nothing; rewrite results.{csv,json,md} and the plots from the finished runs")
+    p.add_argument("--only", action="append", metavar="GLOB",
+                   help="run only the unfinished runs whose name matches (repeatable), e.g. 'lisa-*' or '*-s1-*'")
+    p.add_argument("--shard", metavar="I/N",
+                   help="run only shard I of N (by run key), to split one grid over N machines; copy the run "
+                        "directories together and --report-only for the joint tables")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_bench)
 

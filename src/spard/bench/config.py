@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,6 +129,34 @@ def _nested(overrides: dict[str, Any]) -> dict[str, Any]:
             node = node.setdefault(p, {})
         node[leaf] = value
     return out
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with ``1 <= I <= N``; a clear error otherwise."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"shard: expected I/N such as 1/3, got {text!r}") from None
+    if not 1 <= i <= n:
+        raise ConfigError(f"shard: expected I/N with 1 <= I <= N, got {text!r}")
+    return i, n
+
+
+def select_runs(runs: list[RunSpec], only: Sequence[str] = (), shard: tuple[int, int] | None = None) -> list[RunSpec]:
+    """The runs this machine should execute: those whose name matches one of the glob patterns
+    ``only`` (all when empty) and, with ``shard = (i, n)``, those with ``int(key, 16) mod n = i - 1``.
+
+    A shard depends only on the run's key, not on the order of the grid or on what is finished, so n
+    machines given shards 1/n .. n/n split the grid into disjoint parts that together cover it. A pattern
+    that matches no run is an error (a typo would otherwise run nothing)."""
+    for pattern in only:
+        if not any(fnmatch.fnmatchcase(r.name, pattern) for r in runs):
+            raise ConfigError(f"--only {pattern!r} matches none of the {len(runs)} runs of the grid")
+    chosen = [r for r in runs if not only or any(fnmatch.fnmatchcase(r.name, p) for p in only)]
+    if shard is not None:
+        i, n = shard
+        chosen = [r for r in chosen if int(r.key, 16) % n == i - 1]
+    return chosen
 
 
 def expand(cfg: BenchConfig, aligned_model: str | None = None, unaligned_model: str | None = None) -> list[RunSpec]:

@@ -14,12 +14,22 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from spard.bench.config import ALIGNED, BenchConfig, RunSpec, config_hash, eval_config, expand, run_key
+from spard.bench.config import (
+    ALIGNED,
+    BenchConfig,
+    RunSpec,
+    config_hash,
+    eval_config,
+    expand,
+    run_key,
+    select_runs,
+)
 from spard.bench.report import START_LABEL, write_results
 from spard.config import from_dict, load_yaml, to_dict
 from spard.io import atomic_write_json
@@ -237,12 +247,15 @@ def result_row(run: RunSpec, run_dir: Path) -> dict[str, Any]:
 
 
 def run_bench(cfg: BenchConfig, *, progress: bool = True, dry_run: bool = False,
-              report_only: bool = False) -> list[dict[str, Any]]:
+              report_only: bool = False, only: Sequence[str] = (),
+              shard: tuple[int, int] | None = None) -> list[dict[str, Any]]:
     """Run (or resume) the whole grid and write the results; returns one row per run.
 
     ``dry_run``: train nothing, write nothing; finished runs get their result row, the rest a
     ``status: "to do"`` row. ``report_only``: train nothing, rewrite the tables and plots from the
-    finished runs (after copying runs in from other machines, say). Unless ``cfg.evaluate_start`` is
+    finished runs (after copying runs in from other machines, say). ``only`` and ``shard`` restrict
+    which unfinished runs are executed or listed (:func:`~spard.bench.config.select_runs`); the tables
+    still cover every finished run of the grid. Unless ``cfg.evaluate_start`` is
     off, each starting model is evaluated first, as it is; its row goes to the tables, not the returned list."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -258,6 +271,10 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, dry_run: bool = False,
         fit_probe_stage(cfg)
     runs = expand(cfg, aligned, unaligned)
     logger.info("%s: %d runs in the grid", cfg.name, len(runs))
+    mine = {r.name for r in select_runs(runs, only, shard)}
+    if len(mine) < len(runs):
+        logger.info("%s: %d of them selected (--only %s, --shard %s)", cfg.name, len(mine), list(only) or "-",
+                    "/".join(map(str, shard)) if shard else "-")
     starts = start_rows(cfg, runs, out, evaluate=training, progress=progress)
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -267,6 +284,8 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, dry_run: bool = False,
         is_new = not is_finished(run_dir, run)
         if not is_new:
             skipped += 1
+        elif run.name not in mine:
+            continue
         elif not training:
             if dry_run:
                 rows.append({**_cell(run), "run": run.name, "status": "to do"})
