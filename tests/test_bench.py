@@ -188,6 +188,9 @@ def test_targets_compare_spard_with_sft_and_the_other_defenses():
     ablation = [{**row("spard-random", x, 0.01, 0.1, 1.0), "defense": "spard"} for x in ("a", "b")]
     lines = "\n".join(targets(rows + ablation, "keyword"))
     assert "lowest ASR among defenses run on the same attacks: spard" in lines and "spard-random" not in lines
+    # a tie names every defense at the lowest ASR, not the first in alphabetical order
+    tied = rows + [row("safelora", "a", 0.1, 0.1, 1.0), row("safelora", "b", 0.2, 0.1, 1.0)]
+    assert "lowest ASR among defenses run on the same attacks: safelora, spard (" in "\n".join(targets(tied, "keyword"))
 
     table = asr_matrix(rows + ablation, "keyword")
     assert table[2] == "| defense | a | b | mean |"
