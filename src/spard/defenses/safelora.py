@@ -38,8 +38,10 @@ def alignment_projector(v: torch.Tensor, form: str = "paper", rank: int = 8) -> 
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    na, nb = a.double().norm(), b.double().norm()
-    return float((a.double() * b.double()).sum() / (na * nb)) if na > 0 and nb > 0 else 1.0
+    """Cosine similarity of two weight matrices, flattened (1.0 when either is zero)."""
+    a, b = a.detach().double(), b.detach().double()
+    na, nb = a.norm(), b.norm()
+    return float((a * b).sum() / (na * nb)) if na > 0 and nb > 0 else 1.0
 
 
 def lora_layers(model: Any) -> dict[str, Any]:
