@@ -149,10 +149,11 @@ def select_runs(runs: list[RunSpec], only: Sequence[str] = (), shard: tuple[int,
     A shard depends only on the run's key, not on the order of the grid or on what is finished, so n
     machines given shards 1/n .. n/n split the grid into disjoint parts that together cover it. A pattern
     that matches no run is an error (a typo would otherwise run nothing)."""
-    for pattern in only:
-        if not any(fnmatch.fnmatchcase(r.name, pattern) for r in runs):
+    matched = {pattern: {r.name for r in runs if fnmatch.fnmatchcase(r.name, pattern)} for pattern in only}
+    for pattern, names in matched.items():
+        if not names:
             raise ConfigError(f"--only {pattern!r} matches none of the {len(runs)} runs of the grid")
-    chosen = [r for r in runs if not only or any(fnmatch.fnmatchcase(r.name, p) for p in only)]
+    chosen = [r for r in runs if not only or any(r.name in names for names in matched.values())]
     if shard is not None:
         i, n = shard
         chosen = [r for r in chosen if int(r.key, 16) % n == i - 1]

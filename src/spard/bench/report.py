@@ -193,7 +193,7 @@ def asr_matrix(rows: Sequence[dict[str, Any]], judge: str) -> list[str]:
     attacks = sorted({a for by in asr.values() for a in by})
     ablations = ablation_labels(rows)
     order = sorted(asr, key=lambda label: (label in ablations, label))
-    lowest = lowest_by_attack(asr, ablations)
+    best = lowest_by_attack(asr, ablations)
     lines = [f"## ASR by defense and attack (judge `{judge}`; mean over seeds; lowest defense per attack in bold)", "",
              "| defense | " + " | ".join(attacks) + " | mean |", "|---|" + "---|" * (len(attacks) + 1)]
     for label in order:
@@ -201,7 +201,7 @@ def asr_matrix(rows: Sequence[dict[str, Any]], judge: str) -> list[str]:
         for a in attacks:
             v = asr[label].get(a)
             cell = _fmt(v, pct=True) if v is not None else ""
-            cells.append(f"**{cell}**" if a in lowest and label in lowest[a][1] else cell)
+            cells.append(f"**{cell}**" if a in best and label in best[a][1] else cell)
         full = len(asr[label]) == len(attacks)
         mean = _fmt(statistics.fmean(asr[label].values()), pct=True) if full else ""
         lines.append(f"| {label}{' (ablation)' if label in ablations else ''} | " + " | ".join(cells) + f" | {mean} |")
