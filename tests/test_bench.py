@@ -6,6 +6,7 @@ import pytest
 
 from spard.bench import runner
 from spard.bench.config import BenchConfig, expand, parse_shard, select_runs
+from spard.bench.report import label_colors
 from spard.bench.runner import run_bench
 from spard.config import ConfigError, from_dict
 
@@ -368,3 +369,11 @@ def test_a_setting_added_with_its_neutral_value_keeps_the_keys_of_finished_runs(
     for dotted, neutral in KEY_NEUTRAL_DEFAULTS.items():
         section, leaf = dotted.split(".")
         assert defaults[section][leaf] == neutral, dotted
+
+
+@pytest.mark.parametrize("n", [3, 10, 13, 20])
+def test_plot_colours_are_distinct_per_label(n):
+    labels = [f"defense-{i}" for i in range(n)]
+    colours = label_colors(labels)
+    assert set(colours) == set(labels)
+    assert len(set(colours.values())) == n

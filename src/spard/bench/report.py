@@ -316,6 +316,14 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def label_colors(labels: Sequence[str]) -> dict[str, tuple[float, float, float, float]]:
+    """One colour per label, all distinct up to 20 labels (``tab10``, then ``tab20`` beyond ten)."""
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10" if len(labels) <= 10 else "tab20"]
+    return {label: palette(i % palette.N) for i, label in enumerate(labels)}
+
+
 def plot_results(out: Path, rows: Sequence[dict[str, Any]], starts: Sequence[dict[str, Any]] = ()) -> list[Path]:
     """ASR vs task metric (start models as black stars), ASR per attack per defense, and SPAG's safe loss over training."""
     import matplotlib
@@ -329,7 +337,7 @@ def plot_results(out: Path, rows: Sequence[dict[str, Any]], starts: Sequence[dic
         return written
     judge = judges[0]
     labels = sorted({r["label"] for r in rows})
-    colors = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
+    colors = label_colors(labels)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     panels = ((axes[0], "task_accuracy", "task accuracy %", 100.0),
@@ -349,7 +357,7 @@ def plot_results(out: Path, rows: Sequence[dict[str, Any]], starts: Sequence[dic
         ax.set_ylabel(f"ASR % (judge: {judge})")
         ax.set_ylim(-3, 103)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7, ncol=2 if len(labels) > 8 else 1)
     fig.suptitle("Attack success rate against task metric, one point per run")
     fig.tight_layout()
     written.append(_save(fig, out / "asr_vs_task.png"))
