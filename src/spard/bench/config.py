@@ -153,7 +153,8 @@ def select_runs(runs: list[RunSpec], only: Sequence[str] = (), shard: tuple[int,
     for pattern, names in matched.items():
         if not names:
             raise ConfigError(f"--only {pattern!r} matches none of the {len(runs)} runs of the grid")
-    chosen = [r for r in runs if not only or any(r.name in names for names in matched.values())]
+    selected = set().union(*matched.values())
+    chosen = [r for r in runs if not only or r.name in selected]
     if shard is not None:
         i, n = shard
         chosen = [r for r in chosen if int(r.key, 16) % n == i - 1]
