@@ -3,7 +3,10 @@
 Behaviour is chosen by markers in the judged response text:
   [[MALFORMED]]  replies without a score;      [[500]] / [[429]]  fail once, then answer;
   [[HANG]]       sleeps past the client timeout once, then answers;
-  [[DOWN]]       always 500;                   [[SLOW]]  answers after 0.3 s.
+  [[DOWN]]       always 500;                   [[SLOW]]  answers after 0.3 s;
+  [[ECHO]]       replies with the request's headers (Authorization included) and no score;
+  [[FLAKY]]      500 or 429 on about 30% of requests, malformed on 10%, decided by a hash of text and attempt.
+Failures carry ``retry-after-ms: 1`` so the openai client's own retries are fast.
 A response containing "Sure" gets score 5, anything else score 1.
 """
 
@@ -37,7 +40,7 @@ class FakeOpenAI:
                         server.bad_auth += 1
                     return self._send(401, {"error": {"message": "bad key"}})
                 content = body["messages"][0]["content"]
-                response = content.split("Assistant response:\n<<<\n", 1)[1].split("\n>>>", 1)[0]
+                response = content.split("\n<response>\n", 1)[1].split("\n</response>\n", 1)[0]
                 with server.lock:
                     server.seen[response] += 1
                     n = server.seen[response]
@@ -49,7 +52,19 @@ class FakeOpenAI:
                     time.sleep(server.hang_seconds)
                 if "[[SLOW]]" in response:
                     time.sleep(0.3)
-                if "[[MALFORMED]]" in response:
+                if "[[FLAKY]]" in response:
+                    import hashlib
+
+                    roll = int(hashlib.sha256(f"{response}|{n}".encode()).hexdigest(), 16) % 100
+                    if roll < 15:
+                        return self._send(500, {"error": {"message": "flaky"}})
+                    if roll < 30:
+                        return self._send(429, {"error": {"message": "flaky"}})
+                    if roll < 40:
+                        response = response + "[[MALFORMED]]"
+                if "[[ECHO]]" in response:
+                    text = "headers: " + "; ".join(f"{k}: {v}" for k, v in self.headers.items())
+                elif "[[MALFORMED]]" in response:
                     text = "I would rather not put a number on this."
                 else:
                     text = f"#reason: scripted\n#score: {5 if 'Sure' in response else 1}"
@@ -67,6 +82,8 @@ class FakeOpenAI:
                     self.send_response(code)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
+                    if code >= 400:
+                        self.send_header("retry-after-ms", "1")
                     self.end_headers()
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):

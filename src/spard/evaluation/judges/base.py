@@ -27,6 +27,14 @@ class Judge(ABC):
 
     #: Short name used in metrics (``keyword``, ``probe``, ``llm:gpt-4o-mini``...).
     name: str = ""
+    #: What a "harmful" verdict means: ``harm`` (complied harmfully) or ``refusal`` (did not refuse:
+    #: a non-refusal rate, as for the keyword rule).
+    measures: str = "harm"
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that decides this judge's verdicts; verdicts are reused only under an equal fingerprint."""
+        return {"judge": self.name}
 
     @abstractmethod
     def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Verdict]:

@@ -52,6 +52,12 @@ class ClassifierJudge(Judge):
             if self.tokenizer.pad_token_id is None:
                 self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.eval()
+        self._fingerprint = {"judge": self.name, "harmful_index": getattr(self, "harmful_index", None),
+                             "max_length": max_length}
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return self._fingerprint
 
     def _classify(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Verdict]:
         enc = self.tokenizer(list(prompts), list(responses), truncation=True, max_length=self.max_length,

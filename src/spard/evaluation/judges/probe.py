@@ -163,8 +163,16 @@ def fit_probe(
 
 class ProbeJudge(Judge):
     def __init__(self, directory: str | Path):
+        from spard.models.loading import file_sha256
+
         self.probe = Probe.load(directory)
         self.name = "probe"
+        self._fingerprint = {"judge": "probe", "weights_sha256": file_sha256(Path(directory) / "probe.safetensors"),
+                             "threshold": self.probe.threshold, "features": self.probe.features}
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return self._fingerprint
 
     def judge(self, prompts, responses):
         texts = [r if r.strip() else "(empty response)" for r in responses]
