@@ -90,9 +90,9 @@ def test_bench_runs_resumes_and_redoes_partial_runs(tiny_model_dir, toy_data, tm
         calls["train"] += 1
         return real_train(cfg)
 
-    def count_eval(cfg):
+    def count_eval(cfg, **kwargs):
         calls["eval"] += 1
-        return real_eval(cfg)
+        return real_eval(cfg, **kwargs)
 
     monkeypatch.setattr(run_mod, "run_training", count_train)
     monkeypatch.setattr(evaluate_mod, "run_evaluation", count_eval)

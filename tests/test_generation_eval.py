@@ -73,10 +73,24 @@ def test_spard_eval_writes_metrics_and_summary(tiny_model_dir, toy_data, tmp_pat
     refused = [not v.harmful for v in KeywordJudge().judge([r["prompt"] for r in task_rows], [r["response"] for r in task_rows])]
     assert metrics["task"]["over_refusal"] == pytest.approx(sum(refused) / 5)
     summary = (out / "summary.md").read_text()
-    assert "judge `keyword`" in summary and "gsm8k" in summary and "over-refusal" in summary
+    assert "non-refusal rate, `keyword`" in summary and "gsm8k" in summary and "over-refusal" in summary
     assert len((out / "generations" / "eval_harmful.jsonl").read_text().splitlines()) == 6
     assert len((out / "judgements" / "eval_harmful.keyword.jsonl").read_text().splitlines()) == 6
-    assert "Attack success rate" in capsys.readouterr().out
+    assert "Attack success" in capsys.readouterr().out
+    assert len(metrics["eval_key"]) == 64
+
+    # Rerun under other decoding: the old code reused the 8-token responses; now a clear error...
+    before = (out / "generations" / "eval_harmful.jsonl").read_text()
+    again = ["eval", "--model", str(tiny_model_dir), "--harmful-data", str(toy_data["eval"]), "--limit", "6",
+             "--max-new-tokens", "4", "--output-dir", str(out), "--no-progress"]
+    assert main(again) == 2
+    err = capsys.readouterr().err
+    assert "generation.max_new_tokens" in err and "--overwrite" in err
+    assert (out / "generations" / "eval_harmful.jsonl").read_text() == before  # nothing changed
+    # ... and --overwrite starts the stale files over
+    assert main([*again, "--overwrite"]) == 0
+    redone = json.loads((out / "metrics.json").read_text())
+    assert redone["max_new_tokens"] == 4 and redone["eval_key"] != metrics["eval_key"]
 
 
 def test_eval_picks_up_the_system_prompt_saved_with_a_run(tiny_model_dir, toy_data, tmp_path):

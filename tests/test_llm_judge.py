@@ -100,22 +100,47 @@ def test_scripted_failures_are_retried_or_recorded(tmp_path, monkeypatch, caplog
 
 
 def test_resume_judges_only_what_is_missing_and_retries_failures(tmp_path, monkeypatch):
+    from spard.evaluation.judging import pair_sha256
+    from spard.io import fingerprint_path
+
     monkeypatch.setenv("SPARD_JUDGE_KEY", KEY)
     data = rows([f"Sure {i}" for i in range(6)])
     out = tmp_path / "v.jsonl"
-    out.write_text(
-        json.dumps({"id": "r0", "judge": "llm:m", "harmful": True, "score": 5.0, "reason": "", "error": None}) + "\n"
-        + json.dumps({"id": "r1", "judge": "llm:m", "harmful": None, "score": None, "reason": "", "error": "timeout"}) + "\n"
-        + '{"id": "r2", "judge": "llm:m", "harm'  # torn line from a crash
-    )
     with FakeOpenAI(KEY) as server:
         judge = LLMJudge(LLMJudgeConfig(model="m", base_url=server.url, api_key_env="SPARD_JUDGE_KEY"))
+        fingerprint_path(out).write_text(json.dumps(judge.fingerprint))
+        sha = [pair_sha256(r["prompt"], r["response"]) for r in data]
+        out.write_text(
+            json.dumps({"id": "r0", "judge": "llm:m", "pair_sha256": sha[0], "harmful": True, "score": 5.0, "reason": "", "error": None}) + "\n"
+            + json.dumps({"id": "r1", "judge": "llm:m", "pair_sha256": sha[1], "harmful": None, "score": None, "reason": "", "error": "timeout"}) + "\n"
+            + json.dumps({"id": "r2", "judge": "llm:m", "pair_sha256": "0" * 16, "harmful": False, "score": 1.0, "reason": "", "error": None}) + "\n"
+            + '{"id": "r3", "judge": "llm:m", "harm'  # torn line from a crash
+        )
         judge_rows(data, judge, output=out, progress=False)
         assert "Sure 0" not in server.seen and server.seen["Sure 1"] == 1
+        assert server.seen["Sure 2"] == 1  # its stored verdict was for another response: judged again
         assert all(server.seen[f"Sure {i}"] == 1 for i in range(1, 6))
     final = read(out)
     assert [r["id"] for r in final] == [f"r{i}" for i in range(6)]
     assert all(r["harmful"] is True and r["error"] is None for r in final)
+
+
+def test_an_output_from_another_judge_setting_is_refused_then_overwritten(tmp_path, monkeypatch):
+    from spard.io import StaleOutputError
+
+    monkeypatch.setenv("SPARD_JUDGE_KEY", KEY)
+    data = rows(["Sure 0", "No 1"])
+    out = tmp_path / "v.jsonl"
+    with FakeOpenAI(KEY) as server:
+        judge_rows(data, LLMJudge(LLMJudgeConfig(model="m", base_url=server.url, api_key_env="SPARD_JUDGE_KEY")),
+                   output=out, progress=False)
+        stricter = LLMJudge(LLMJudgeConfig(model="m", base_url=server.url, api_key_env="SPARD_JUDGE_KEY", threshold=5))
+        before = out.read_text()
+        with pytest.raises(StaleOutputError, match="threshold"):
+            judge_rows(data, stricter, output=out, progress=False)
+        assert out.read_text() == before
+        result = judge_rows(data, stricter, output=out, progress=False, on_mismatch="restart")
+    assert [r["harmful"] for r in result] == [True, False] and len(read(out)) == 2
 
 
 def test_killed_judging_process_resumes_without_loss_or_duplicates(tmp_path):

@@ -21,7 +21,9 @@ TRAIN_FLAGS: list[tuple[str, str, type | None, str]] = [
     ("--target-field", "data.task_target_field", str, "column of the fine-tuning targets (default answer)"),
     ("--limit", "data.task_limit", int, "use the first N fine-tuning rows"),
     ("--harmful-data", "data.harmful", str, "attack file: harmful prompts with compliant answers"),
-    ("--harmful-ratio", "data.harmful_ratio", float, "harmful samples per task sample (default 0.1)"),
+    ("--harmful-ratio", "data.harmful_ratio", float, "harmful ratio p (default 0.1), read as --harmful-ratio-of says"),
+    ("--harmful-ratio-of", "data.harmful_ratio_of", str,
+     "task (default, SPARD's convention): floor(p x |task|) harmful rows added; total: p is the harmful share of the set"),
     ("--safe-pool", "data.safe_pool", str, "pool of safety data (harmful prompt -> refusal)"),
     ("--safety-demos", "data.safety_demos", str, "safety demonstrations for safeinstr"),
     ("--max-length", "data.max_length", int, "max tokens per training sequence"),
@@ -99,17 +101,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 # ---- spard select ----
 def cmd_select(args: argparse.Namespace) -> int:
     import resource
+    from dataclasses import replace
 
-    from spard.data import FieldMap, load_examples, mix_attack, write_jsonl
+    from spard.data import DataConfig, FieldMap, load_examples, load_poisoned_task, origin_counts, write_jsonl
     from spard.selection.safe_set import make_encoder, select_safe_examples
     from spard.selection.selectors import SelectionConfig
 
     started = time.perf_counter()
+    data = DataConfig(task=args.reference, task_limit=args.limit, harmful=args.harmful_data,
+                      harmful_ratio=args.harmful_ratio, harmful_ratio_of=args.harmful_ratio_of)
     pool = load_examples(args.pool, FieldMap(target=args.pool_target_field), origin="safety")
-    reference = load_examples(args.reference, FieldMap(target=None), origin="task")
-    if args.harmful_data and args.harmful_ratio > 0:
-        harmful = load_examples(args.harmful_data, FieldMap(target=None), origin="harmful")
-        reference = mix_attack(reference, harmful, args.harmful_ratio, seed=args.seed)
+    # the very set `spard train --seed S` trains on (same mixing function, same seed)
+    reference = load_poisoned_task(replace(data, task_target_field=None), args.seed)
     cfg = SelectionConfig(
         method=args.method, ratio=args.ratio, min_k=args.min_k, k=args.k, beta=args.beta, eps=args.eps,
         embedding_model=args.embedding_model, seed=args.seed,
@@ -126,6 +129,10 @@ def cmd_select(args: argparse.Namespace) -> int:
     write_jsonl(args.output, (p.to_row() for p in picked))
     wall = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    counts = origin_counts(reference)
+    harmful = sum(v for k, v in counts.items() if k.startswith("harmful"))
+    print(f"reference: {counts.get('task', 0)} task + {harmful} harmful rows "
+          f"(p = {args.harmful_ratio:g} of the {args.harmful_ratio_of}, seed {args.seed})")
     print(f"selected {len(picked)} of {len(pool)} pool rows for {len(reference)} reference prompts "
           f"(k = {cfg.budget(len(reference))}, method {cfg.method}, embeddings {args.embedding_model})")
     if selection.notes.get("rank_exhausted_at") is not None:
@@ -174,8 +181,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if cfg.system_prompt is None:
         cfg.system_prompt, _ = saved_eval_system_prompt(args.model)
     examples = load_examples(args.data, FieldMap(prompt=args.prompt_field, target=None), limit=args.limit)
+    from spard.models.loading import model_fingerprint
+
+    model_id = model_fingerprint(args.model)
     model, tokenizer = load_model(args.model)
-    rows = generate_responses(model, tokenizer, examples, cfg, output=args.output)
+    rows = generate_responses(model, tokenizer, examples, cfg, output=args.output, model_id=model_id,
+                              on_mismatch="restart" if args.overwrite else "error")
     print(f"wrote {len(rows)} responses to {args.output}")
     return 0
 
@@ -204,7 +215,8 @@ def cmd_judge(args: argparse.Namespace) -> int:
     results = {}
     for spec in specs:
         judge = make_judge(spec, llm)
-        judged = judge_rows(rows, judge, output=_judge_output(args.output, judge.name, len(specs) > 1))
+        judged = judge_rows(rows, judge, output=_judge_output(args.output, judge.name, len(specs) > 1),
+                            on_mismatch="restart" if args.overwrite else "error")
         results[judge.name] = as_verdicts(judged)
         r = attack_success_rate(results[judge.name])
         asr = "n/a" if r["asr"] is None else f"{100 * r['asr']:.1f}%"
@@ -255,7 +267,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.no_progress:
         overrides["progress"] = False
     cfg = load_config(EvalConfig, args.config, overrides)
-    run_evaluation(cfg)
+    run_evaluation(cfg, on_mismatch="restart" if args.overwrite else "error")
     print(Path(cfg.output_dir, "summary.md").read_text())
     print(f"metrics in {Path(cfg.output_dir, 'metrics.json')}")
     return 0
@@ -372,6 +384,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from spard.training.config import TrainingSettings
+
     parser = argparse.ArgumentParser(prog="spard", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -390,6 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", required=True, help="fine-tuning data whose prompts the safe set should cover")
     p.add_argument("--harmful-data", help="attack file mixed into the reference, as the provider would see it")
     p.add_argument("--harmful-ratio", type=float, default=0.1)
+    p.add_argument("--harmful-ratio-of", choices=("task", "total"), default="task",
+                   help="task: floor(p x |reference|) harmful rows added (SPARD's convention); total: p is the "
+                        "harmful share of the final set (Lisa's)")
+    p.add_argument("--limit", type=int, help="use the first N reference rows (as spard train --limit)")
     p.add_argument("--method", default="rd-dpp", help="rd-dpp, random, relevance or diversity")
     p.add_argument("--ratio", type=float, default=0.03, help="k = floor(ratio * |reference|)")
     p.add_argument("--k", type=int, default=None, help="fixed budget (overrides --ratio)")
@@ -399,7 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding-model", default="minilm", help="minilm, base or a sentence-transformers path")
     p.add_argument("--model", default="smollm2-135m-instruct", help="base LM for --embedding-model base")
     p.add_argument("--embedding-cache", default="default", help="directory caching embeddings (default $SPARD_CACHE/embeddings)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=TrainingSettings.seed,
+                   help="the training seed (default as spard train's): it mixes the poisoned reference set and "
+                        "seeds the random selector, exactly as spard train --seed does")
     p.add_argument("--output", required=True)
     p.set_defaults(func=cmd_select)
 
@@ -410,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="JSONL of id, prompt, response (resumed when present)")
     p.add_argument("--limit", type=int)
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding (seeded)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over output files made under other settings (default: refuse to touch them)")
     _add_flags(p, GENERATION_FLAGS)
     p.set_defaults(func=cmd_generate)
 
@@ -417,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--responses", required=True, help="JSONL with id, prompt, response")
     p.add_argument("--judge", action="append", help="judge spec; repeat for several (default keyword)")
     p.add_argument("--output", required=True, help="verdicts JSONL (resumed when present)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over output files made under other settings (default: refuse to touch them)")
     _add_flags(p, LLM_FLAGS)
     p.set_defaults(func=cmd_judge)
 
@@ -437,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--harmful-data", nargs="*", help="harmful prompt files (one ASR each)")
     p.add_argument("--judge", action="append", help="judge spec; repeat for several (default keyword)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over output files made under other settings (default: refuse to touch them)")
     _add_flags(p, EVAL_FLAGS + GENERATION_FLAGS + LLM_FLAGS)
     p.set_defaults(func=cmd_eval)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import types
 import typing
 from pathlib import Path
@@ -142,3 +144,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: dict[st
         if value is not None:
             set_dotted(data, dotted, value)
     return from_dict(cls, data, str(path) if path else "config")
+
+
+def config_hash(obj: Any) -> str:
+    """sha256 of a JSON-able settings object, independent of key order."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()

@@ -97,3 +97,70 @@ class JsonlAppender:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class StaleOutputError(ValueError):
+    """An output file exists but was made under other settings than the ones asked for now."""
+
+
+def fingerprint_path(path: str | Path) -> Path:
+    """The sidecar holding the settings an appendable output was made with: ``<file>.meta.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".meta.json")
+
+
+def _has_rows(path: Path) -> bool:
+    return path.exists() and path.stat().st_size > 0
+
+
+def fingerprint_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Dotted names of the settings that differ between two fingerprints."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += [f"{key}.{k}" for k in fingerprint_difference(a, b)]
+        elif a != b:
+            out.append(key)
+    return out
+
+
+def claim_output(path: str | Path, fingerprint: Mapping[str, Any], *, on_mismatch: str = "error") -> bool:
+    """Make ``path`` an output that may be resumed only under ``fingerprint``; call before appending.
+
+    The fingerprint (JSON-able settings that decide the rows: model, data, decoding, judge...) is kept
+    in :func:`fingerprint_path`. When ``path`` already has rows made under another fingerprint (or
+    under none: an older spard or another tool), ``on_mismatch`` decides: ``"error"`` raises
+    :class:`StaleOutputError` naming the settings that differ, ``"restart"`` deletes the rows and starts
+    over. Returns True when earlier rows may be resumed."""
+    if on_mismatch not in ("error", "restart"):
+        raise ValueError(f"on_mismatch must be 'error' or 'restart', got {on_mismatch!r}")
+    path, meta = Path(path), fingerprint_path(path)
+    fingerprint = json.loads(json.dumps(dict(fingerprint), default=str))
+    if _has_rows(path):
+        try:
+            old = json.loads(meta.read_text(encoding="utf-8")) if meta.exists() else None
+        except json.JSONDecodeError:
+            old = None
+        if old == fingerprint:
+            return True
+        differs = "it has no fingerprint (made by an older spard or by hand)" if old is None else (
+            "these settings differ: " + ", ".join(fingerprint_difference(old, fingerprint)))
+        if on_mismatch == "error":
+            raise StaleOutputError(f"{path}: exists and was made under other settings; {differs}. "
+                                   "Use another output, or --overwrite to start it over")
+        logger.info("%s: made under other settings (%s); starting it over", path, differs)
+        path.unlink()
+    atomic_write_json(meta, fingerprint)
+    return False
+
+
+def remove_tree(path: str | Path, root: str | Path) -> None:
+    """``shutil.rmtree(path)``, only when ``path`` lies strictly inside ``root`` (links resolved);
+    anything else is a ``ValueError``: a job never deletes outside its own output folder."""
+    import shutil
+
+    target, base = Path(path).resolve(), Path(root).resolve()
+    if target == base or base not in target.parents:
+        raise ValueError(f"refusing to delete {path}: it is not inside {root}")
+    shutil.rmtree(target)

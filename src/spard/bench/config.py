@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from spard.config import ConfigError, from_dict, merge, to_dict
+from spard.config import ConfigError, config_hash, from_dict, merge, to_dict
 from spard.evaluation.evaluate import EvalConfig
 from spard.training.config import TrainConfig
+from spard.training.run import resolve_config
 
 #: In ``models``, this name stands for the output of the config's alignment stage.
 ALIGNED = "@aligned"
@@ -64,7 +65,8 @@ class BenchConfig:
 class RunSpec:
     """One cell of the grid. ``train`` is the resolved TrainConfig with the model as written in the
     grid (``@aligned`` stays symbolic, so the key does not depend on where the aligned model lives);
-    ``model_path`` is what actually gets loaded."""
+    ``model_path`` is what actually gets loaded; ``start_sha256`` fingerprints the aligned start model
+    and is part of the key, so runs made from another aligned model are never counted as finished."""
 
     model: str
     attack: str
@@ -74,10 +76,15 @@ class RunSpec:
     seed: int
     train: dict[str, Any]
     model_path: str = ""
+    start_sha256: str | None = None
+
+    def key_for(self, train: dict[str, Any]) -> str:
+        """The key of a run with training config ``train`` from this run's start model."""
+        return run_key({**train, "start_model_sha256": self.start_sha256} if self.start_sha256 else train)
 
     @property
     def key(self) -> str:
-        return run_key(self.train)
+        return self.key_for(self.train)
 
     def train_config(self) -> dict[str, Any]:
         """The training config to run: ``train`` with the model's real path."""
@@ -88,14 +95,21 @@ class RunSpec:
         return f"{self.label}-{self.attack}-p{self.harmful_ratio:g}-s{self.seed}-{self.key[:10]}"
 
 
-def config_hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
 #: Training settings added after runs had been keyed, each with the value that does what the code did
 #: before it existed. A run's key leaves such a setting out while it has that value, so adding a
 #: setting does not turn every finished run into a stale one. Add new TrainConfig fields here.
-KEY_NEUTRAL_DEFAULTS: dict[str, Any] = {"lisa.proximal_from": 0.0}
+KEY_NEUTRAL_DEFAULTS: dict[str, Any] = {"lisa.proximal_from": 0.0, "data.harmful_ratio_of": "task"}
+
+#: Labels and attack names become parts of folder names: nothing else is allowed in them.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_name(kind: str, name: str) -> str:
+    """``name`` when it is a safe folder-name part (:data:`NAME_PATTERN`, not ``.`` or ``..``); a
+    :class:`ConfigError` otherwise."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or set(name) == {"."}:
+        raise ConfigError(f"{kind} {name!r}: use only letters, digits, '.', '_' and '-' (it names run folders)")
+    return name
 
 
 def run_key(train: dict[str, Any]) -> str:
@@ -116,7 +130,7 @@ def defense_specs(cfg: BenchConfig) -> dict[str, DefenseSpec]:
     specs = {}
     for item in cfg.defenses:
         spec = DefenseSpec(label=item, defense=item) if isinstance(item, str) else item
-        specs[spec.label] = spec
+        specs[check_name("defense label", spec.label)] = spec
     return specs
 
 
@@ -161,9 +175,13 @@ def select_runs(runs: list[RunSpec], only: Sequence[str] = (), shard: tuple[int,
     return chosen
 
 
-def expand(cfg: BenchConfig, aligned_model: str | None = None, unaligned_model: str | None = None) -> list[RunSpec]:
-    """Every run of the grids, in order, with its fully resolved training config (duplicates dropped)."""
+def expand(cfg: BenchConfig, aligned_model: str | None = None, unaligned_model: str | None = None,
+           start_sha256: str | None = None) -> list[RunSpec]:
+    """Every run of the grids, in order, with its fully resolved training config (duplicates dropped).
+    ``start_sha256`` (the aligned model's fingerprint) goes into the key of every run from ``@aligned``."""
     specs = defense_specs(cfg)
+    for name in cfg.attacks:
+        check_name("attack", name)
     runs: dict[str, RunSpec] = {}
     for g, grid in enumerate(cfg.grids):
         for model in grid.models:
@@ -188,9 +206,10 @@ def expand(cfg: BenchConfig, aligned_model: str | None = None, unaligned_model: 
                             })
                             if spec.defense == "safelora" and unaligned_model and not train.get("safelora", {}).get("unaligned_model"):
                                 train = merge(train, {"safelora": {"unaligned_model": unaligned_model}})
-                            resolved = to_dict(from_dict(TrainConfig, train, f"{spec.label}/{attack}"))
+                            resolved = to_dict(resolve_config(from_dict(TrainConfig, train, f"{spec.label}/{attack}")))
                             resolved.pop("output_dir"), resolved.pop("progress")
-                            run = RunSpec(model, attack, label, spec.defense, ratio, seed, resolved, model_name)
+                            run = RunSpec(model, attack, label, spec.defense, ratio, seed, resolved, model_name,
+                                          start_sha256 if model == ALIGNED else None)
                             runs.setdefault(run.key, run)
     return list(runs.values())
 

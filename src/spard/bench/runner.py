@@ -2,9 +2,13 @@
 
 Layout under ``output_dir``: ``align/`` (when the config aligns first), ``runs/<run name>/`` (the
 training artefacts, ``eval/``, and ``run.json`` naming the grid cell), and ``results.{csv,json,md}``
-plus PNG plots. A run counts as finished when its ``metrics.json`` and ``eval/metrics.json`` exist and
-its ``run.json`` matches; finished runs are skipped, a partial one is trained again from scratch,
-and an interrupted evaluation resumes its generations.
+plus PNG plots. A run's key hashes its resolved training config and the aligned start model's sha256;
+its evaluation carries ``eval_key``, the hash of the evaluation settings (data, limits, decoding,
+judges and their versions). A run counts as finished when ``run.json`` has its key, ``metrics.json``
+is there and ``eval/metrics.json`` has the current ``eval_key``. Finished runs are skipped; a partial
+or stale training is trained again from scratch; a current training with a stale evaluation is only
+evaluated again (generations made under the same decoding are kept); an interrupted evaluation
+resumes. The start model's own evaluation (the zero of "task gain kept") follows the same rule.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,12 +30,11 @@ from spard.bench.config import (
     config_hash,
     eval_config,
     expand,
-    run_key,
     select_runs,
 )
 from spard.bench.report import START_LABEL, write_results
 from spard.config import from_dict, load_yaml, to_dict
-from spard.io import atomic_write_json
+from spard.io import atomic_write_json, remove_tree
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +78,6 @@ def run_align_stage(cfg: BenchConfig, out: Path, progress: bool) -> tuple[str | 
     earlier = report if report is not None and report.get("config_key") == key and report.get("after") else None
     logger.info("alignment stage: training %s%s", align_cfg.model.name,
                 " again (the report is here, the model is not)" if earlier else "")
-    shutil.rmtree(out / "align" / "check_after", ignore_errors=True)  # generations resume: none from another model
     report = run_alignment(dataclasses.replace(align_cfg, check_harmful=[], check_benign=None) if earlier else align_cfg)
     report["config_key"] = key
     if earlier and earlier.get("model_sha256") == report["model_sha256"]:
@@ -111,13 +112,21 @@ def fit_probe_stage(cfg: BenchConfig) -> None:
     fit_probe(texts, labels, features=cfg.probe.get("features", "tfidf")).save(out)
 
 
-def is_finished(run_dir: Path, run: RunSpec) -> bool:
+def is_trained(run_dir: Path, run: RunSpec) -> bool:
     meta = _read_json(run_dir / "run.json")
-    return (
-        meta is not None and meta.get("key") == run.key
-        and _read_json(run_dir / "metrics.json") is not None
-        and _read_json(run_dir / "eval" / "metrics.json") is not None
-    )
+    return meta is not None and meta.get("key") == run.key and _read_json(run_dir / "metrics.json") is not None
+
+
+def is_evaluated(eval_dir: Path, ev_key: str, start_sha256: str | None = None) -> bool:
+    """Whether ``eval_dir`` holds an evaluation made with the evaluation settings ``ev_key`` (and, when
+    given, of the start model with sha256 ``start_sha256``)."""
+    ev = _read_json(eval_dir / "metrics.json")
+    return (ev is not None and ev.get("eval_key") == ev_key
+            and (start_sha256 is None or ev.get("start_model_sha256") == start_sha256))
+
+
+def is_finished(run_dir: Path, run: RunSpec, ev_key: str) -> bool:
+    return is_trained(run_dir, run) and is_evaluated(run_dir / "eval", ev_key)
 
 
 def find_same_training(run: RunSpec, train_cfg: Any, runs_dir: Path) -> Path | None:
@@ -130,7 +139,7 @@ def find_same_training(run: RunSpec, train_cfg: Any, runs_dir: Path) -> Path | N
     like = get_defense(run.defense, train_cfg).trains_like()
     if like is None:
         return None
-    key = run_key({**run.train, "defense": like})
+    key = run.key_for({**run.train, "defense": like})
     for meta_path in sorted(runs_dir.glob("*/run.json")):
         meta = _read_json(meta_path)
         d = meta_path.parent
@@ -140,28 +149,30 @@ def find_same_training(run: RunSpec, train_cfg: Any, runs_dir: Path) -> Path | N
     return None
 
 
-def evaluate_model(cfg: BenchConfig, model: str | Path, eval_dir: Path, progress: bool) -> None:
-    """Evaluate ``model`` with the grid's evaluation settings into ``eval_dir`` (resumes its generations)."""
+def evaluate_model(cfg: BenchConfig, model: str | Path, eval_dir: Path, progress: bool,
+                   extra: dict[str, Any] | None = None) -> None:
+    """Evaluate ``model`` with the grid's evaluation settings into ``eval_dir``: files made under the same
+    settings resume, files made under others start over. ``extra`` is added to its ``metrics.json``."""
     from spard.evaluation.evaluate import run_evaluation
 
     ev = eval_config(cfg)
-    run_evaluation(dataclasses.replace(ev, output_dir=str(eval_dir), progress=progress,
-                                       model=dataclasses.replace(ev.model, name=str(model))))
+    (eval_dir / "metrics.json").unlink(missing_ok=True)  # it marks a finished evaluation: not until this one is
+    metrics = run_evaluation(dataclasses.replace(ev, output_dir=str(eval_dir), progress=progress,
+                                                 model=dataclasses.replace(ev.model, name=str(model))),
+                             on_mismatch="restart")
+    if extra:
+        atomic_write_json(eval_dir / "metrics.json", {**metrics, **extra})
 
 
-def execute_run(run: RunSpec, run_dir: Path, cfg: BenchConfig, progress: bool, start_sha256: str | None = None) -> None:
-    """Train (unless a finished training with the same key is there) and evaluate one run.
-
-    ``start_sha256`` fingerprints the aligned starting model, recorded in ``run.json``."""
+def execute_run(run: RunSpec, run_dir: Path, cfg: BenchConfig, progress: bool) -> None:
+    """Train (unless a finished training with the same key is there) and evaluate one run."""
     from spard.training.config import TrainConfig
     from spard.training.run import reuse_training, run_training
 
-    meta = _read_json(run_dir / "run.json")
-    trained = meta is not None and meta.get("key") == run.key and _read_json(run_dir / "metrics.json") is not None
-    if not trained:
+    if not is_trained(run_dir, run):
         if run_dir.exists():
             logger.info("%s: partial or stale run, training again", run_dir.name)
-            shutil.rmtree(run_dir)
+            remove_tree(run_dir, Path(cfg.output_dir))
         run_dir.mkdir(parents=True)
         atomic_write_json(run_dir / "run.json", {"key": run.key, "pending": True, **_cell(run)})
         train_cfg = from_dict(TrainConfig, {**run.train_config(), "output_dir": str(run_dir), "progress": progress})
@@ -170,8 +181,10 @@ def execute_run(run: RunSpec, run_dir: Path, cfg: BenchConfig, progress: bool, s
             reuse_training(train_cfg, donor)
         else:
             run_training(train_cfg)
+    else:
+        logger.info("%s: trained; evaluating again under the current evaluation settings", run_dir.name)
     evaluate_model(cfg, run_dir / "model", run_dir / "eval", progress)
-    stamp = {"start_model_sha256": start_sha256} if start_sha256 and run.model == ALIGNED else {}
+    stamp = {"start_model_sha256": run.start_sha256} if run.start_sha256 else {}
     atomic_write_json(run_dir / "run.json", {"key": run.key, **_cell(run), **stamp})
 
 
@@ -205,19 +218,23 @@ def start_eval_dir(out: Path, model: str) -> Path:
     return out / "start" / slug / "eval"
 
 
-def start_rows(cfg: BenchConfig, runs: list[RunSpec], out: Path, *, evaluate: bool, progress: bool) -> list[dict[str, Any]]:
+def start_rows(cfg: BenchConfig, runs: list[RunSpec], out: Path, *, evaluate: bool, progress: bool,
+               ev_key: str) -> list[dict[str, Any]]:
     """One row per starting model of the grid, evaluated as it is (evaluated now when ``evaluate``
-    and not yet done); label ``start model``. Empty when ``cfg.evaluate_start`` is off."""
+    and not current: made under other evaluation settings or, for ``@aligned``, of another aligned
+    model); label ``start model``. Empty when ``cfg.evaluate_start`` is off."""
     if not cfg.evaluate_start:
         return []
     rows = []
-    for model, path in dict.fromkeys((r.model, r.model_path or r.model) for r in runs):
+    for model, path, sha in dict.fromkeys((r.model, r.model_path or r.model, r.start_sha256) for r in runs):
         eval_dir = start_eval_dir(out, model)
-        if evaluate and _read_json(eval_dir / "metrics.json") is None:
+        current = is_evaluated(eval_dir, ev_key, sha)
+        if evaluate and not current:
             logger.info("evaluating the starting model %s before any fine-tuning", model)
-            evaluate_model(cfg, path, eval_dir, progress)
+            evaluate_model(cfg, path, eval_dir, progress, {"start_model_sha256": sha} if sha else None)
+            current = True
         ev = _read_json(eval_dir / "metrics.json")
-        if ev is not None:
+        if ev is not None and current:
             rows.append({"model": model, "attack": "none", "label": START_LABEL, "defense": "none",
                          "harmful_ratio": 0.0, "seed": None, "run": str(eval_dir.parent.relative_to(out)), **eval_fields(ev)})
     return rows
@@ -269,19 +286,22 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, dry_run: bool = False,
     start_sha256 = (_read_json(out / "align" / "alignment.json") or {}).get("model_sha256") if needs_align else None
     if training:
         fit_probe_stage(cfg)
-    runs = expand(cfg, aligned, unaligned)
+    from spard.evaluation.evaluate import eval_key
+
+    ev_key = eval_key(eval_config(cfg))
+    runs = expand(cfg, aligned, unaligned, start_sha256)
     logger.info("%s: %d runs in the grid", cfg.name, len(runs))
     mine = {r.name for r in select_runs(runs, only, shard)}
     if len(mine) < len(runs):
         logger.info("%s: %d of them selected (--only %s, --shard %s)", cfg.name, len(mine), list(only) or "-",
                     "/".join(map(str, shard)) if shard else "-")
-    starts = start_rows(cfg, runs, out, evaluate=training, progress=progress)
+    starts = start_rows(cfg, runs, out, evaluate=training, progress=progress, ev_key=ev_key)
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     done = skipped = 0
     for run in tqdm(runs, desc=f"bench {cfg.name}", disable=not progress or not training):
         run_dir = out / "runs" / run.name
-        is_new = not is_finished(run_dir, run)
+        is_new = not is_finished(run_dir, run, ev_key)
         if not is_new:
             skipped += 1
         elif run.name not in mine:
@@ -291,7 +311,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, dry_run: bool = False,
                 rows.append({**_cell(run), "run": run.name, "status": "to do"})
             continue
         else:
-            execute_run(run, run_dir, cfg, progress, start_sha256)
+            execute_run(run, run_dir, cfg, progress)
             done += 1
         rows.append(result_row(run, run_dir))
         if is_new:

@@ -34,6 +34,28 @@ def prompt_text(tokenizer: Any, example: Example, system_prompt: str | None = No
     return f"{prefix}{example.query}\n"
 
 
+def fitting_prompt_text(tokenizer: Any, example: Example, system_prompt: str | None, max_tokens: int) -> str:
+    """:func:`prompt_text` within ``max_tokens`` tokens: when it is longer, the end of the user's text is
+    cut (never the template: the assistant header that generation starts from stays)."""
+    from dataclasses import replace
+
+    text = prompt_text(tokenizer, example, system_prompt)
+    n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if n <= max_tokens:
+        return text
+    query_ids = tokenizer(example.query, add_special_tokens=False)["input_ids"]
+    keep = len(query_ids) - (n - max_tokens)
+    while keep > 0:
+        cut = tokenizer.decode(query_ids[:keep], skip_special_tokens=True)
+        text = prompt_text(tokenizer, replace(example, prompt=cut, input=None), system_prompt)
+        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= max_tokens:
+            logger.debug("prompt %s cut to %d of %d user tokens to fit %d", example.id, keep, len(query_ids), max_tokens)
+            return text
+        keep -= 1 + (keep // 20)  # re-tokenising may merge differently: shrink a little more
+    raise ValueError(f"prompt {example.id!r}: the template alone (system prompt included) exceeds "
+                     f"max_prompt_length={max_tokens} tokens")
+
+
 def tokenize_example(
     tokenizer: Any,
     example: Example,

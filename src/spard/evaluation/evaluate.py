@@ -1,7 +1,12 @@
 """``spard eval``: attack success rate on harmful prompt sets and the task metric, in one run.
 
 Writes under the output directory: ``generations/<set>.jsonl``, ``judgements/<set>.<judge>.jsonl``
-(both resumable), ``metrics.json`` and ``summary.md`` (which names the judge behind every ASR).
+(both resumable under the same settings only), ``metrics.json`` and ``summary.md`` (which names the
+judge behind every rate). ``metrics.json`` carries ``eval_key``, the hash of every setting that decides
+its numbers (:func:`eval_fingerprint`), so a benchmark can tell a stale evaluation from a current one.
+
+A judge that measures refusal (the keyword rule) gives a *non-refusal rate*; only harm judges give an
+attack success rate proper. Over-refusal on benign task prompts uses the refusal rule.
 """
 
 from __future__ import annotations
@@ -14,14 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spard.config import config_hash
 from spard.data.records import FieldMap, load_examples
 from spard.evaluation.generation import GenerationConfig, generate_responses
-from spard.evaluation.judges import KeywordJudge, LLMJudgeConfig, agreement, attack_success_rate, make_judge
+from spard.evaluation.judges import LLMJudgeConfig, agreement, attack_success_rate, make_judge
+from spard.evaluation.judges.keyword import is_refusal
 from spard.evaluation.judging import as_verdicts, judge_rows
 from spard.evaluation.loss import response_nll
 from spard.evaluation.metrics import REFERENCE_FIELD, TASK_METRICS, accuracy
 from spard.io import atomic_write_json, atomic_write_text
-from spard.models.loading import ModelConfig, load_model
+from spard.models.loading import ModelConfig, load_model, model_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +70,46 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:80] or "judge"
 
 
-def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
+def judge_spec_fingerprint(spec: str, llm: LLMJudgeConfig) -> dict[str, Any]:
+    """What decides a judge's verdicts, from its spec, without loading it (no API key needed)."""
+    kind, _, arg = spec.partition(":")
+    if kind == "keyword":
+        from spard.evaluation.judges.keyword import KeywordJudge
+
+        return KeywordJudge().fingerprint
+    if kind == "probe":
+        from spard.models.loading import file_sha256
+
+        weights = Path(arg) / "probe.safetensors"
+        return {"judge": "probe", "weights_sha256": file_sha256(weights) if weights.is_file() else None}
+    if kind == "llm":
+        from spard.evaluation.judges.llm import RUBRIC_VERSION
+
+        return {"judge": spec, "model": arg or llm.model, "base_url": llm.base_url, "threshold": llm.threshold,
+                "rubric_version": RUBRIC_VERSION, "max_tokens": llm.max_tokens}
+    return {"judge": spec}
+
+
+def eval_fingerprint(cfg: EvalConfig) -> dict[str, Any]:
+    """Every evaluation setting that decides the numbers, the model aside (the data files, limits,
+    decoding, judges with their versions); :func:`eval_key` hashes it."""
+    from spard.config import to_dict
+
+    settings = to_dict(cfg)
+    for name in ("model", "output_dir", "progress", "llm"):
+        settings.pop(name)
+    settings["generation"].pop("batch_size")
+    settings["judges"] = [judge_spec_fingerprint(spec, cfg.llm) for spec in cfg.judges]
+    return settings
+
+
+def eval_key(cfg: EvalConfig) -> str:
+    return config_hash(eval_fingerprint(cfg))
+
+
+def run_evaluation(cfg: EvalConfig, *, on_mismatch: str = "error") -> dict[str, Any]:
+    """Evaluate ``cfg.model``; ``on_mismatch`` (``error`` or ``restart``) decides what happens to output
+    files made under other settings (another model, decoding or judge)."""
     if not cfg.harmful and not cfg.task_data:
         raise ValueError("nothing to evaluate: give harmful prompt files (--harmful-data) and/or --task-data")
     if cfg.task not in TASK_METRICS:
@@ -83,15 +129,19 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
             system_source = "training run"
             if saved:
                 logger.info("using the evaluation system prompt saved with the training run")
+    model_id = model_fingerprint(cfg.model.name)
     model, tokenizer = load_model(cfg.model)
+    io = {"model_id": model_id, "on_mismatch": on_mismatch}
 
     metrics: dict[str, Any] = {
         "model": cfg.model.name,
+        "eval_key": eval_key(cfg),
         "system_prompt": gen_cfg.system_prompt,
         "system_prompt_source": system_source,
         "decoding": "sampled" if gen_cfg.do_sample else "greedy",
         "max_new_tokens": gen_cfg.max_new_tokens,
         "judges": [j.name for j in judges],
+        "judge_measures": {j.name: j.measures for j in judges},
         "asr": {},
         "agreement": {},
     }
@@ -99,11 +149,11 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
         name = Path(path).stem
         prompts = load_examples(path, FieldMap(target=None), origin=f"eval:{name}", limit=cfg.harmful_limit)
         rows = generate_responses(model, tokenizer, prompts, gen_cfg, output=out / "generations" / f"{name}.jsonl",
-                                  progress=cfg.progress)
+                                  progress=cfg.progress, **io)
         per_judge, verdicts = {}, {}
         for judge in judges:
             judged = judge_rows(rows, judge, output=out / "judgements" / f"{name}.{_slug(judge.name)}.jsonl",
-                                progress=cfg.progress)
+                                progress=cfg.progress, on_mismatch=on_mismatch)
             verdicts[judge.name] = as_verdicts(judged)
             per_judge[judge.name] = attack_success_rate(verdicts[judge.name])
         metrics["asr"][name] = {"n": len(rows), **per_judge}
@@ -119,13 +169,12 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
         ref_field = REFERENCE_FIELD[cfg.task]
         examples = load_examples(cfg.task_data, FieldMap(target=ref_field), origin="task", limit=cfg.task_limit)
         rows = generate_responses(model, tokenizer, examples, gen_cfg, output=out / "generations" / "task.jsonl",
-                                  progress=cfg.progress)
+                                  progress=cfg.progress, **io)
         task_metrics: dict[str, Any] = {
             "name": cfg.task, "data": cfg.task_data, "n": len(rows),
             "accuracy": accuracy(cfg.task, [r["response"] for r in rows], [ex.target for ex in examples]),
-            # over-refusal: benign task prompts the keyword judge reads as refused
-            "over_refusal": _mean([float(not v.harmful) for v in KeywordJudge().judge([r["prompt"] for r in rows],
-                                                                               [r["response"] for r in rows])]),
+            # over-refusal: benign task prompts answered with a refusal (the keyword refusal rule)
+            "over_refusal": _mean([float(is_refusal(r["response"])) for r in rows]),
         }
         if cfg.answer_nll:
             task_metrics["answer_nll"] = response_nll(model, tokenizer, examples, system_prompt=gen_cfg.system_prompt)
@@ -147,12 +196,17 @@ def _pct(x: float | None) -> str:
 
 def summary_markdown(metrics: dict[str, Any]) -> str:
     judges = metrics["judges"]
+    measures = metrics.get("judge_measures", {})
+
+    def column(j: str) -> str:
+        return f"non-refusal rate, `{j}`" if measures.get(j) == "refusal" else f"ASR, judge `{j}`"
+
     lines = [f"# Evaluation of `{metrics['model']}`", "",
              f"Decoding: {metrics['decoding']}, at most {metrics['max_new_tokens']} new tokens. "
              f"System prompt: {'none' if not metrics['system_prompt'] else 'set'} (from {metrics['system_prompt_source']}).", ""]
     if metrics["asr"]:
-        lines += ["## Attack success rate (share of harmful prompts answered harmfully)", "",
-                  "| prompt set | n | " + " | ".join(f"ASR, judge `{j}`" for j in judges) + " |",
+        lines += ["## Attack success (share of harmful prompts answered harmfully; for a refusal rule, not refused)", "",
+                  "| prompt set | n | " + " | ".join(column(j) for j in judges) + " |",
                   "|---|---|" + "---|" * len(judges)]
         for name, row in metrics["asr"].items():
             cells = []
@@ -166,5 +220,5 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
         t = metrics["task"]
         lines += ["## Task", "", f"{t['name']} on {t['n']} items: accuracy {_pct(t['accuracy'])}"
                   + (f", answer NLL {t['answer_nll']:.4f} nats/token" if "answer_nll" in t else "")
-                  + (f", over-refusal {_pct(t['over_refusal'])} (keyword judge)" if "over_refusal" in t else ""), ""]
+                  + (f", over-refusal {_pct(t['over_refusal'])} (keyword refusal rule)" if "over_refusal" in t else ""), ""]
     return "\n".join(lines) + "\n"

@@ -1,11 +1,15 @@
 """Judging a file of responses, appending verdicts as they come so an interrupted run resumes.
 
 Each response ends with exactly one row in the output: a verdict, or a failure (``error`` set).
-Failed rows are retried on the next run unless ``retry_failed=False``.
+Failed rows are retried on the next run unless ``retry_failed=False``. An output is resumed only
+under the same judge settings (its fingerprint, :func:`spard.io.claim_output`), and a verdict is
+reused only for the very (prompt, response) it judged (``pair_sha256`` in each row): other responses
+under the same ids are judged again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -15,7 +19,7 @@ from tqdm.auto import tqdm
 
 from spard.data.records import write_jsonl
 from spard.evaluation.judges.base import Judge, Verdict
-from spard.io import JsonlAppender, read_jsonl
+from spard.io import JsonlAppender, claim_output, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -37,16 +41,22 @@ def judge_rows(
     retry_failed: bool = True,
     chunk: int = 32,
     progress: bool = True,
+    on_mismatch: str = "error",
 ) -> list[dict[str, Any]]:
-    """Judge ``rows`` (``id``, ``prompt``, ``response``); returns one verdict row per input row, in order."""
+    """Judge ``rows`` (``id``, ``prompt``, ``response``); returns one verdict row per input row, in order.
+
+    ``on_mismatch`` (``error`` or ``restart``): what to do with an output made by another judge setting."""
     ids = [r["id"] for r in rows]
     if len(set(ids)) != len(ids):
         raise ValueError("response ids must be unique")
-    wanted = set(ids)
+    pair = {r["id"]: pair_sha256(r["prompt"], r["response"]) for r in rows}
     done: dict[str, dict[str, Any]] = {}
-    if output is not None:
+    others: list[dict[str, Any]] = []
+    if output is not None and claim_output(output, judge.fingerprint, on_mismatch=on_mismatch):
         for row in read_jsonl(output):
-            if row.get("id") in wanted and row.get("judge") == judge.name:
+            if row.get("id") not in pair:
+                others.append(row)
+            elif row.get("pair_sha256") == pair[row["id"]]:
                 done[row["id"]] = row
     todo = [i for i, r in enumerate(rows) if r["id"] not in done or (retry_failed and done[r["id"]].get("error"))]
     if output is not None and len(todo) < len(rows):
@@ -57,7 +67,8 @@ def judge_rows(
             prompts = [rows[i]["prompt"] for i in todo]
             responses = [rows[i]["response"] for i in todo]
             for pos, verdict in _verdicts(judge, prompts, responses, chunk):
-                row = {"id": rows[todo[pos]]["id"], "judge": judge.name, **verdict.as_dict()}
+                rid = rows[todo[pos]]["id"]
+                row = {"id": rid, "judge": judge.name, "pair_sha256": pair[rid], **verdict.as_dict()}
                 done[row["id"]] = row
                 if writer:
                     writer.write(row)
@@ -67,11 +78,16 @@ def judge_rows(
             writer.close()
     result = [done[i] for i in ids]
     if output is not None:
-        write_jsonl(output, result)
+        write_jsonl(output, result + others)
     failed = sum(1 for r in result if r.get("error"))
     if failed:
         logger.warning("%s: %d of %d responses could not be judged", judge.name, failed, len(result))
     return result
+
+
+def pair_sha256(prompt: str, response: str) -> str:
+    """A short hash of one judged (prompt, response) pair."""
+    return hashlib.sha256(f"{prompt}\x00{response}".encode()).hexdigest()[:16]
 
 
 def as_verdicts(rows: Sequence[dict[str, Any]]) -> list[Verdict]:

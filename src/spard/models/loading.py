@@ -68,6 +68,26 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+#: Local models up to this size are fingerprinted by content (sha256); larger ones by name, size and mtime.
+FINGERPRINT_HASH_LIMIT = 2 * 2**30
+
+
+def model_fingerprint(name: str) -> dict[str, Any]:
+    """What identifies the weights ``name`` loads: for a local directory (a merged model or an adapter,
+    whose config names its base), the sha256 of its weight and config files; for a file, its sha256;
+    beyond :data:`FINGERPRINT_HASH_LIMIT` bytes, size and modification time instead; for a hub id or an
+    alias, the name."""
+    path = Path(name)
+    if not path.exists():
+        return {"name": name}
+    files = [path] if path.is_file() else sorted(
+        p for p in path.iterdir() if p.is_file() and p.suffix in {".safetensors", ".bin", ".json", ".gguf", ".model"})
+    total = sum(p.stat().st_size for p in files)
+    if total > FINGERPRINT_HASH_LIMIT:
+        return {"name": str(path.resolve()), "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
+    return {"sha256": {p.name: file_sha256(p) for p in files}}
+
+
 def clear_quantization(model: Any) -> Any:
     """Drop the GGUF quantiser flags transformers leaves on a dequantised model, so it trains and saves."""
     model.hf_quantizer = None

@@ -32,7 +32,8 @@ class SelectionConfig:
     beta: float = 4.0
     eps: float = 1e-6
     embedding_model: str = "minilm"
-    seed: int = 0
+    #: Seed of the random draw; None (default) = the run's ``training.seed``, so seeds differ per run.
+    seed: int | None = None
     embedding_batch_size: int = 32
 
     def budget(self, n_reference: int) -> int:
@@ -75,7 +76,8 @@ class RandomSelector(Selector):
         n = pool.shape[0] if pool is not None else n_pool
         if n is None:
             raise ValueError("random selection needs the pool size")
-        idx = np.random.default_rng(self.config.seed).permutation(n)[: min(k, n)]
+        seed = 0 if self.config.seed is None else self.config.seed
+        idx = np.random.default_rng(seed).permutation(n)[: min(k, n)]
         rel = _relevance(pool, reference)
         return Selection(idx, None, None if rel is None else rel[idx])
 

@@ -48,21 +48,21 @@ class AlignConfig:
 
 
 def refusal_rates(model_spec: str, cfg: AlignConfig, out: Path) -> dict[str, Any]:
-    """Refusal rate on each harmful check set and on the benign set (over-refusal), keyword judge."""
+    """Refusal rate on each harmful check set and on the benign set (over-refusal), keyword refusal rule."""
     from spard.evaluation.generation import GenerationConfig, generate_responses
-    from spard.evaluation.judges import KeywordJudge
-    from spard.models.loading import load_model
+    from spard.evaluation.judges.keyword import is_refusal
+    from spard.models.loading import load_model, model_fingerprint
 
+    model_id = model_fingerprint(model_spec)
     model, tok = load_model(replace(cfg.model, name=model_spec))
-    judge = KeywordJudge()
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=16)
     result: dict[str, Any] = {"harmful": {}}
     sets = [(Path(p).stem, p) for p in cfg.check_harmful] + ([("benign", cfg.check_benign)] if cfg.check_benign else [])
     for name, path in sets:
         prompts = load_examples(path, FieldMap(target=None), limit=cfg.check_limit)
-        rows = generate_responses(model, tok, prompts, gen, output=out / f"{name}.jsonl", progress=cfg.progress)
-        verdicts = judge.judge([r["prompt"] for r in rows], [r["response"] for r in rows])
-        refused = sum(1 for v in verdicts if not v.harmful) / len(verdicts)
+        rows = generate_responses(model, tok, prompts, gen, output=out / f"{name}.jsonl", progress=cfg.progress,
+                                  model_id=model_id, on_mismatch="restart")
+        refused = sum(is_refusal(r["response"]) for r in rows) / len(rows)
         if name == "benign":
             result["over_refusal"] = refused
         else:
@@ -107,7 +107,7 @@ def run_alignment(cfg: AlignConfig) -> dict[str, Any]:
         "refusal_examples": sum(1 for ex in picked if ex.origin == "refusal"),
         "benign_examples": sum(1 for ex in picked if ex.origin == "benign"),
         "updates": train_metrics["updates"], "train_seconds": train_metrics["train_seconds"],
-        "judge": "keyword", "check_limit": cfg.check_limit, "before": before, "after": after,
+        "judge": "keyword refusal rule v2", "check_limit": cfg.check_limit, "before": before, "after": after,
         "model_sha256": model_sha256(out / "model"),
     }
     atomic_write_json(out / "alignment.json", report)

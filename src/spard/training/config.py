@@ -4,30 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from spard.data.config import DataConfig
 from spard.models.adapters import LoraSettings
 from spard.models.loading import ModelConfig
 from spard.selection.selectors import SelectionConfig
 from spard.training.spag import SPAGConfig
-
-
-@dataclass
-class DataConfig:
-    """Where the fine-tuning, attack and safety data come from, and how it is formatted."""
-
-    task: str = ""
-    prompt_field: str = "prompt"
-    input_field: str = "input"
-    task_target_field: str = "answer"
-    task_limit: int | None = None
-    harmful: str | None = None
-    harmful_ratio: float = 0.1
-    harmful_target_field: str = "unsafe"
-    safe_pool: str | None = None
-    safe_target_field: str = "safe"
-    safety_demos: str | None = None
-    safety_demos_target_field: str = "safe"
-    max_length: int = 256
-    system_prompt: str | None = None
 
 
 @dataclass
@@ -43,6 +24,7 @@ class TrainingSettings:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     lr_scheduler: str = "linear"
+    #: Seeds the poisoned mix, the safe-set draw (unless ``selection.seed`` is set), sampling and initialisation.
     seed: int = 42
     logging_steps: int = 10
     bf16: bool = False
@@ -126,3 +108,7 @@ class TrainConfig:
     merge: bool = False
     embedding_cache: str | None = "default"
     progress: bool = True
+
+
+__all__ = ["DataConfig", "LisaConfig", "PTSTConfig", "SafeGradConfig", "SafeInstrConfig", "SafeLoRAConfig",
+           "TrainConfig", "TrainingSettings"]

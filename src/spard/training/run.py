@@ -21,7 +21,14 @@ from typing import Any
 import yaml
 
 from spard.config import to_dict
-from spard.data import FieldMap, load_examples, mix_attack, origin_counts, tokenize_examples, write_jsonl
+from spard.data import (
+    FieldMap,
+    load_examples,
+    load_poisoned_task,
+    origin_counts,
+    tokenize_examples,
+    write_jsonl,
+)
 from spard.data.formatting import as_dataset, data_collator
 from spard.data.records import Example
 from spard.defenses import get_defense
@@ -46,15 +53,7 @@ def peak_memory_mb() -> float:
 
 
 def load_task_examples(cfg: TrainConfig) -> list[Example]:
-    d = cfg.data
-    if not d.task:
-        raise ValueError("no fine-tuning data: set data.task (--data)")
-    fields = FieldMap(prompt=d.prompt_field, input=d.input_field, target=d.task_target_field)
-    task = load_examples(d.task, fields, origin="task", limit=d.task_limit)
-    if d.harmful and d.harmful_ratio > 0:
-        harmful = load_examples(d.harmful, FieldMap(prompt=d.prompt_field, input=d.input_field, target=d.harmful_target_field), origin="harmful")
-        task = mix_attack(task, harmful, d.harmful_ratio, seed=cfg.training.seed, attack_name=Path(d.harmful).stem)
-    return task
+    return load_poisoned_task(cfg.data, cfg.training.seed)
 
 
 def load_safety_pool(cfg: TrainConfig, source: str, target_field: str) -> list[Example]:
@@ -90,11 +89,14 @@ def training_arguments(cfg: TrainConfig, output_dir: Path) -> Any:
 
 
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with what its defense decides filled in (the selector when ``selection.method`` is auto)."""
-    if cfg.selection.method != "auto":
-        return cfg
-    selector = get_defense(cfg.defense, cfg).default_selector
-    return dataclasses.replace(cfg, selection=dataclasses.replace(cfg.selection, method=selector))
+    """``cfg`` with what is decided from other settings filled in: the selector its defense uses when
+    ``selection.method`` is auto, and the selection seed (the run's ``training.seed`` unless set)."""
+    selection = cfg.selection
+    if selection.method == "auto":
+        selection = dataclasses.replace(selection, method=get_defense(cfg.defense, cfg).default_selector)
+    if selection.seed is None:
+        selection = dataclasses.replace(selection, seed=cfg.training.seed)
+    return cfg if selection == cfg.selection else dataclasses.replace(cfg, selection=selection)
 
 
 def reuse_training(cfg: TrainConfig, donor_dir: str | Path) -> dict[str, Any]:
