@@ -1,7 +1,12 @@
-"""SafeGrad-style gradient surgery (2025): keep the user-data update from undoing alignment.
+"""SafeGrad (Yi et al., 2025, arXiv 2508.07172): gradient surgery that keeps the user-data update
+from undoing alignment.
 
 Before each optimiser step, the alignment gradient ``g_a`` is computed on a mini-batch of safety
-data. When the accumulated user gradient ``g_u`` conflicts with it (``g_u . g_a < 0``), its component
+data. Its loss (``safegrad.alignment_loss``) is, as in the paper, the KL divergence from the aligned
+start model's next-token distributions to the current model's, on the response tokens of the safety
+samples (``kl``: ``mean_t KL(p_aligned(.|x_<t) || p_theta(.|x_<t))``; the aligned model is the LoRA
+base with the adapter switched off, or a frozen copy under full fine-tuning), or the cross-entropy on
+the refusals (``ce``, this project's earlier form). When the accumulated user gradient ``g_u`` conflicts with it (``g_u . g_a < 0``), its component
 along ``g_a`` is removed::
 
     g <- g_u - (g_u . g_a / ||g_a||^2) g_a
@@ -33,22 +38,52 @@ def remove_conflict(user: Sequence[torch.Tensor], align: Sequence[torch.Tensor])
     return [u - coef * a.to(u.dtype) for u, a in zip(user, align, strict=True)], True, cosine
 
 
+def kl_to_reference(logits: torch.Tensor, reference_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``mean_t KL(p_ref || p)`` over the positions that predict a label (``labels != -100``, shifted
+    by one as in causal LM training); logits ``[batch, seq, vocab]``."""
+    mask = labels[:, 1:] != -100
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)[mask]
+    logq = torch.log_softmax(reference_logits[:, :-1].float(), dim=-1)[mask]
+    if logp.numel() == 0:
+        return logits.sum() * 0.0
+    return (logq.exp() * (logq - logp)).sum(-1).mean()
+
+
 class SafeGradTrainer(SafetyTrainer):
     needs_safe_data = True
 
     def __init__(self, *args: Any, safegrad_config: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.safegrad = safegrad_config
+        self._reference = None
 
     def on_train_start(self) -> None:
         self._align_batches = self.batches(self.safe_dataset, self.safegrad.alignment_batch_size, self.args.seed + 2)
+        if self.safegrad.alignment_loss == "kl" and not hasattr(self.model, "disable_adapter"):
+            import copy
+
+            self._reference = copy.deepcopy(self.model).eval().requires_grad_(False)  # full fine-tuning
+
+    def reference_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        with torch.no_grad():
+            if self._reference is not None:
+                return self._reference(**inputs).logits
+            with self.model.disable_adapter():
+                return self.model(**inputs).logits
+
+    def alignment_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.safegrad.alignment_loss == "ce":
+            return self.batch_loss(batch)
+        logits = self.model_wrapped(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        return kl_to_reference(logits, self.reference_logits(batch), batch["labels"])
 
     def alignment_gradient(self) -> list[torch.Tensor]:
         params = self.trainable_parameters()
         user = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
         for p in params:
             p.grad = None
-        self.accelerator.backward(self.batch_loss(next(self._align_batches)))
+        self.accelerator.backward(self.alignment_loss(next(self._align_batches)))
         align = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
         for p, u in zip(params, user, strict=True):
             p.grad = u
@@ -75,6 +110,11 @@ class SafeGrad(Defense):
     name = "safegrad"
     uses_safety_data = True
     trainer_class = SafeGradTrainer
+
+    def check(self) -> None:
+        super().check()
+        if self.config.safegrad.alignment_loss not in ("kl", "ce"):
+            raise ValueError(f"safegrad.alignment_loss must be 'kl' or 'ce', got {self.config.safegrad.alignment_loss!r}")
 
     def trainer_kwargs(self, heldout_dataset: Any = None) -> dict[str, Any]:
         return {"safegrad_config": self.config.safegrad}

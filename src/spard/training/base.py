@@ -21,6 +21,12 @@ from spard.io import JsonlAppender
 logger = logging.getLogger(__name__)
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of process ``rank``'s safety batches: ``seed`` on rank 0 (single-process runs draw what they
+    always drew), a distinct stream on every other rank."""
+    return seed + 1_000_003 * rank
+
+
 class _StepHooks(TrainerCallback):
     def __init__(self, trainer: SafetyTrainer):
         self.trainer = trainer
@@ -41,7 +47,8 @@ class _StepHooks(TrainerCallback):
 class SafetyTrainer(Trainer):
     """Trainer with hooks around each optimiser update and a JSONL row per update.
 
-    Each row has ``step``, ``utility_loss`` (mean loss of the update's user-data batches) and whatever
+    Each row has ``step``, the update's data loss under :meth:`loss_name` (``utility_loss`` for the
+    user's data; a subclass that trains on other data in some updates names it otherwise) and whatever
     the hooks returned. ``step_log`` (a path) makes the rows land on disk as they are produced.
     """
 
@@ -56,11 +63,15 @@ class SafetyTrainer(Trainer):
         self.step_log_path = Path(step_log) if step_log else None
         self.step_records: list[dict[str, Any]] = []
         self._pending: dict[str, Any] = {}
-        self._utility_loss = 0.0
+        self._step_loss = 0.0
         self._log: JsonlAppender | None = None
         self.add_callback(_StepHooks(self))
 
     # ---- hooks for subclasses ----
+    def loss_name(self) -> str:
+        """The step-log field of the current update's data loss."""
+        return "utility_loss"
+
     def on_train_start(self) -> None:
         """Called once before the first update (after the optimiser exists)."""
 
@@ -87,8 +98,11 @@ class SafetyTrainer(Trainer):
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def batches(self, dataset: Any, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
-        """Endless random mini-batches (without replacement inside a batch) from ``dataset``, on the device."""
-        gen = torch.Generator().manual_seed(seed)
+        """Endless random mini-batches (without replacement inside a batch) from ``dataset``, on the device.
+
+        Each process draws its own batches (the generator is seeded with :func:`rank_seed`), so a loss
+        averaged over processes is a mean over ``world size x batch_size`` samples, as the user batch is."""
+        gen = torch.Generator().manual_seed(rank_seed(seed, self.accelerator.process_index))
         n = len(dataset)
         size = min(batch_size, n)
         while True:
@@ -103,7 +117,7 @@ class SafetyTrainer(Trainer):
     # ---- plumbing ----
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        self._utility_loss += float(loss.detach().float().item())
+        self._step_loss += float(loss.detach().float().item())
         return loss
 
     def _begin_training(self) -> None:
@@ -112,10 +126,10 @@ class SafetyTrainer(Trainer):
         self.on_train_start()
 
     def _finish_step(self) -> None:
-        row = {"step": self.state.global_step, "utility_loss": self._utility_loss}
+        row = {"step": self.state.global_step, self.loss_name(): self._step_loss}
         row.update(self._pending)
         row.update(self.after_optimizer_step() or {})
-        self._pending, self._utility_loss = {}, 0.0
+        self._pending, self._step_loss = {}, 0.0
         self.step_records.append(row)
         if self._log:
             self._log.write(row)

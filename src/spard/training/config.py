@@ -67,9 +67,11 @@ class PTSTConfig:
 
 @dataclass
 class SafeGradConfig:
-    """SafeGrad: remove the conflicting component of the user gradient along the alignment gradient."""
+    """SafeGrad: remove the conflicting component of the user gradient along the alignment gradient.
+    ``alignment_loss``: ``kl`` (the paper: KL to the aligned start model on safety data) or ``ce``."""
 
     alignment_batch_size: int = 4
+    alignment_loss: str = "kl"
 
 
 @dataclass

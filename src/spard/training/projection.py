@@ -66,7 +66,8 @@ def safety_projection_step(
     with a graph to differentiate. ``radius`` is ``eta`` (closed form) or ``alpha_max`` (reference
     form, which needs ``optimizer``). ``backward`` and ``reduce`` let a distributed caller use its
     own backward and average the loss across processes; by default ``loss.backward()`` and identity.
-    Gradients are zeroed on return.
+    Gradients are zeroed on return. A safe loss that is not finite raises ``FloatingPointError``:
+    silently skipping the projection would let an unsafe run pass as a defended one.
     """
     if form not in PROJECTION_FORMS:
         raise ValueError(f"projection form must be one of {PROJECTION_FORMS}, got {form!r}")
@@ -77,7 +78,10 @@ def safety_projection_step(
         p.grad = None
     loss = safe_loss_fn()
     loss_value = float((reduce(loss.detach()) if reduce else loss.detach()).item())
-    if not math.isfinite(loss_value) or loss_value <= tau + delta:
+    if not math.isfinite(loss_value):
+        raise FloatingPointError(f"SPAG: the safe loss is {loss_value}: the weights or the safe batch are broken "
+                                 "(a diverged update or an empty target); stopping instead of skipping the projection")
+    if loss_value <= tau + delta:
         return ProjectionStats(safe_loss=loss_value, fired=False, safe_loss_after=loss_value)
 
     (backward or torch.Tensor.backward)(loss)

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import time
@@ -59,6 +58,14 @@ def load_task_examples(cfg: TrainConfig) -> list[Example]:
 def load_safety_pool(cfg: TrainConfig, source: str, target_field: str) -> list[Example]:
     d = cfg.data
     return load_examples(source, FieldMap(prompt=d.prompt_field, input=d.input_field, target=target_field), origin="safety")
+
+
+def planned_updates(n_rows: int, t: Any, world_size: int = 1) -> int:
+    """Optimiser updates on user data: ``t.max_steps`` when > 0, else ``epochs x ceil(n / rows per
+    update)``, an update consuming ``batch_size x accumulation`` rows on each of ``world_size`` processes."""
+    if t.max_steps > 0:
+        return t.max_steps
+    return math.ceil(t.epochs * math.ceil(n_rows / (t.batch_size * t.gradient_accumulation_steps * world_size)))
 
 
 def training_arguments(cfg: TrainConfig, output_dir: Path) -> Any:
@@ -134,7 +141,10 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     defense = get_defense(cfg.defense, cfg)
     defense.check()
     # Under `accelerate launch` / torchrun every process runs this function; only the main one writes.
-    main_process = os.environ.get("RANK", "0") == "0"
+    from accelerate import PartialState
+
+    state = PartialState()
+    main_process = state.is_main_process
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").unlink(missing_ok=True)
@@ -185,9 +195,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         else None
     )
     args = training_arguments(cfg, out)
-    utility_updates = args.max_steps if args.max_steps > 0 else math.ceil(
-        cfg.training.epochs * math.ceil(len(train_ds) / (cfg.training.batch_size * cfg.training.gradient_accumulation_steps))
-    )
+    utility_updates = planned_updates(len(train_ds), cfg.training, state.num_processes)
     if defense.total_updates(utility_updates) != utility_updates:
         args.max_steps = defense.total_updates(utility_updates)
         logger.info("%s runs %d updates so that %d are on the fine-tuning data", defense.name, args.max_steps, utility_updates)
