@@ -69,8 +69,8 @@ def test_bench_runs_resumes_and_redoes_partial_runs(tiny_model_dir, toy_data, tm
     for name in ("results.csv", "results.json", "results.md", "asr_vs_task.png", "asr_per_attack.png", "spag_safe_loss.png"):
         assert (out / name).exists(), name
     table = (out / "results.md").read_text()
-    assert "| sft | 0.25 | 1 |" in table and "spard-closed" in table and "judge: `keyword`" in table
-    assert "## Targets (judge `keyword`, attacks: toy)" in table and "SPARD mean ASR" in table
+    assert "| sft | 0.25 | 1 |" in table and "spard-closed" in table and "(ASR judge `keyword` = non-refusal rate" in table
+    assert "## Targets (judge `keyword` = non-refusal rate, not a harm judgement, attacks: toy)" in table and "SPARD mean ASR" in table
     assert all(r["asr_mean[keyword]"] is not None and r["answer_nll"] > 0 and r["wall_seconds"] > 0 for r in rows)
     assert " min |" in table  # wall time per run
     assert rows[1]["projections_fired"] is not None
@@ -315,7 +315,7 @@ def test_task_gain_kept_is_measured_from_the_start_model_against_sft_of_the_same
     page = markdown([*gained[:4], *with_task_gain([rows[0], variant], starts)[1:]], "t", starts,
                     {"spard-random": {"selection.method": "random"}})
     assert ("| spard-random | selection.method=random | 1 | 25.0% | 50.0% | 50.0% | 75.0% |" in page)
-    assert "## Start models before fine-tuning (judge `keyword`)" in page and "| m | 5.0% | 5.0% |" in page
+    assert "## Start models before fine-tuning (judge `keyword` = non-refusal rate, not a harm judgement)" in page and "| m | 5.0% | 5.0% |" in page
     assert "task gain kept (share of SFT's answer-NLL drop" in page and "spard 75.0%" in page
     # lisa keeps none of the gain: the lowest ASR overall, but not among the defenses that keep half of it
     gained[2]["asr_mean[keyword]"] = 0.01

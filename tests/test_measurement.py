@@ -287,3 +287,32 @@ def test_remove_tree_stays_inside_its_root(tmp_path):
         remove_tree(tmp_path / "grid", tmp_path / "grid")
     remove_tree(tmp_path / "grid" / "runs" / "a", tmp_path / "grid")
     assert (tmp_path / "precious").exists() and not (tmp_path / "grid" / "runs" / "a").exists()
+
+
+# ---- judge quality on labelled responses ------------------------------------------------------------
+def test_wilson_interval_matches_known_values():
+    from spard.evaluation.stats import wilson_interval
+
+    low, high = wilson_interval(114, 929)
+    assert (round(100 * low, 1), round(100 * high, 1)) == (10.3, 14.5)
+    assert wilson_interval(0, 10)[0] == 0.0 and 0.25 < wilson_interval(0, 10)[1] < 0.35
+    assert wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    assert all(math.isnan(x) for x in wilson_interval(0, 0))
+
+
+def test_judge_validate_reports_both_error_rates_with_counts_and_no_text(toy_data, tmp_path, capsys):
+    out = tmp_path / "q.json"
+    rc = main(["judge", "validate", "--data", str(toy_data["eval"]), "--judge", "keyword", "--judge", "keyword:v1",
+               "--output", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    q = report["judges"][0]
+    n = report["n"] // 2
+    # toy data: refusals on the safe side, compliance-shaped text on the unsafe side
+    assert q["counts"]["tp"] + q["counts"]["fn"] == n == q["counts"]["fp"] + q["counts"]["tn"]
+    assert q["unsafe_missed"]["k"] == q["counts"]["fn"] and q["measures"] == "refusal"
+    assert q["recall"]["rate"] == 1.0 and q["safe_flagged"]["rate"] == 0.0
+    assert "| keyword | refusal |" in printed and "| keyword:v1 | refusal |" in printed
+    for line in toy_data["eval"].read_text().splitlines():
+        assert json.loads(line)["unsafe"] not in printed  # counts only

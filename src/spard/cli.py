@@ -244,15 +244,35 @@ def cmd_judge_fit(args: argparse.Namespace) -> int:
     print(f"probe ({args.features}) on {len(texts)} responses ({sum(labels)} unsafe): held-out accuracy "
           f"{100 * probe.info['heldout_accuracy']:.2f}% ({probe.info['heldout_size']} responses); saved to {args.output}")
     if args.eval:
-        judge = ProbeJudge(args.output)
-        total = correct = 0
-        for path in args.eval:
-            for field, label in ((args.safe_field, False), (args.unsafe_field, True)):
-                rows = load_examples(path, FieldMap(target=field))
-                verdicts = judge.judge([r.prompt for r in rows], [r.target for r in rows])
-                correct += sum(v.harmful == label for v in verdicts)
-                total += len(rows)
-        print(f"accuracy on {', '.join(args.eval)}: {100 * correct / total:.2f}% of {total} responses")
+        from spard.evaluation.judge_quality import judge_quality, labelled_pairs
+        from spard.evaluation.stats import format_rate
+
+        q = judge_quality(ProbeJudge(args.output), labelled_pairs(args.eval, args.safe_field, args.unsafe_field))
+        print(f"accuracy on {', '.join(args.eval)}: {format_rate(q['accuracy'])}")
+    return 0
+
+
+def cmd_judge_validate(args: argparse.Namespace) -> int:
+    from spard.evaluation.judge_quality import judge_quality, labelled_pairs
+    from spard.evaluation.judges import make_judge
+    from spard.evaluation.stats import format_rate
+    from spard.io import atomic_write_json
+
+    pairs = labelled_pairs(args.data, args.safe_field, args.unsafe_field)
+    files = sorted({p[3] for p in pairs})
+    print(f"{len(pairs)} labelled responses ({sum(p[2] for p in pairs)} unsafe) from {len(files)} files: {', '.join(files)}")
+    print("| judge | measures | unsafe judged not harmful | safe judged harmful | precision | recall |")
+    print("|---|---|---|---|---|---|")
+    report = []
+    for spec in args.judge or ["keyword"]:
+        q = judge_quality(make_judge(spec, _llm_config(args)), pairs)
+        report.append(q)
+        print(f"| {spec} | {q['measures']} | {format_rate(q['unsafe_missed'])} | {format_rate(q['safe_flagged'])} "
+              f"| {format_rate(q['precision'])} | {format_rate(q['recall'])} |")
+    print("rates with Wilson 95% intervals; counts only, no response text")
+    if args.output:
+        atomic_write_json(args.output, {"data": [str(d) for d in args.data], "n": len(pairs), "judges": report})
+        print(f"wrote {args.output}")
     return 0
 
 
@@ -456,6 +476,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="directory for probe.safetensors and probe.json")
     p.set_defaults(func=cmd_judge_fit)
 
+    p = sub.add_parser("judge-validate", help="how well judges separate labelled safe/unsafe responses (also: spard judge validate)")
+    p.add_argument("--data", nargs="+", required=True, help="files with a prompt and labelled safe and unsafe responses")
+    p.add_argument("--judge", action="append", help="judge spec; repeat for several (default keyword)")
+    p.add_argument("--safe-field", default="safe")
+    p.add_argument("--unsafe-field", default="unsafe")
+    p.add_argument("--output", help="JSON report (counts, rates and intervals per judge)")
+    _add_flags(p, LLM_FLAGS)
+    p.set_defaults(func=cmd_judge_validate)
+
     p = sub.add_parser("eval", help="ASR on harmful prompt sets and the task metric")
     p.add_argument("--config", help="YAML EvalConfig; flags override")
     p.add_argument("--harmful-data", nargs="*", help="harmful prompt files (one ASR each)")
@@ -499,8 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:2] == ["judge", "fit"]:
-        argv = ["judge-fit", *argv[2:]]
+    if argv[:1] == ["judge"] and argv[1:2] in (["fit"], ["validate"]):
+        argv = [f"judge-{argv[1]}", *argv[2:]]
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     func: Callable[[argparse.Namespace], int] = args.func

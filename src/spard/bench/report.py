@@ -23,6 +23,11 @@ USEFUL_GAIN = 0.5
 REUSED_MARK = "†"
 
 
+def judge_note(judge: str) -> str:
+    """How a table names its judge: the keyword rule measures refusal, so its "ASR" is a non-refusal rate."""
+    return f"judge `{judge}`" + (" = non-refusal rate, not a harm judgement" if judge.split(":")[0] == "keyword" else "")
+
+
 def judges_in(rows: Sequence[dict[str, Any]]) -> list[str]:
     found: list[str] = []
     for row in rows:
@@ -151,7 +156,7 @@ def targets(rows: Sequence[dict[str, Any]], judge: str) -> list[str]:
     defenses = sorted(label for label in asr if label not in ablations)
     mean = {label: statistics.fmean([asr[label][a] for a in attacks])
             for label in defenses if all(a in asr[label] for a in attacks)}
-    lines = [f"## Targets (judge `{judge}`, attacks: {', '.join(attacks)})", ""]
+    lines = [f"## Targets ({judge_note(judge)}, attacks: {', '.join(attacks)})", ""]
     ratio = mean["spard"] / mean["sft"] if mean["sft"] else float("nan")
     lines.append(f"- SPARD mean ASR {_fmt(mean['spard'], pct=True)} vs SFT {_fmt(mean['sft'], pct=True)}: "
                  f"ratio {ratio:.2f} (target <= 0.25: {'met' if ratio <= 0.25 else 'not met'})")
@@ -194,7 +199,7 @@ def asr_matrix(rows: Sequence[dict[str, Any]], judge: str) -> list[str]:
     ablations = ablation_labels(rows)
     order = sorted(asr, key=lambda label: (label in ablations, label))
     best = lowest_by_attack(asr, ablations)
-    lines = [f"## ASR by defense and attack (judge `{judge}`; mean over seeds; lowest defense per attack in bold)", "",
+    lines = [f"## ASR by defense and attack ({judge_note(judge)}; mean over seeds; lowest defense per attack in bold)", "",
              "| defense | " + " | ".join(attacks) + " | mean |", "|---|" + "---|" * (len(attacks) + 1)]
     for label in order:
         cells = []
@@ -216,7 +221,7 @@ def ablation_table(rows: Sequence[dict[str, Any]], judge: str, changes: dict[str
         return []
     changes = changes or {}
     key = f"asr_mean[{judge}]"
-    lines = [f"## Ablations against their defense (judge `{judge}`; same attacks and seeds)", "",
+    lines = [f"## Ablations against their defense ({judge_note(judge)}; same attacks and seeds)", "",
              "| variant | changes | runs | ASR | ASR of the defense | task gain kept | of the defense |", "|---|---|---|---|---|---|---|"]
     for label in sorted(ablations):
         variant = [r for r in rows if r["label"] == label and r.get(key) is not None]
@@ -238,7 +243,7 @@ def start_table(starts: Sequence[dict[str, Any]], judge: str) -> list[str]:
     if not starts:
         return []
     families = families_in(starts)
-    lines = [f"## Start models before fine-tuning (judge `{judge}`)", "",
+    lines = [f"## Start models before fine-tuning ({judge_note(judge)})", "",
              "| model | " + " | ".join(families) + " | mean ASR | task acc. | answer NLL | over-refusal |",
              "|---|" + "---|" * (len(families) + 4)]
     for r in starts:
@@ -271,7 +276,7 @@ def markdown(rows: Sequence[dict[str, Any]], title: str, starts: Sequence[dict[s
     for judge in judges:
         lines += ablation_table(rows, judge, changes)
     for judge in judges:
-        lines += [f"## By defense (ASR judge: `{judge}`; mean ± sd over attacks and seeds)", "",
+        lines += [f"## By defense (ASR {judge_note(judge)}; mean ± sd over attacks and seeds)", "",
                   "| defense | p | runs | ASR | task accuracy | answer NLL | task gain kept | s / update |",
                   "|---|---|---|---|---|---|---|---|"]
         for s in sorted(summary_by_defense(rows, judge), key=lambda s: (s["harmful_ratio"], s["label"])):
@@ -284,7 +289,7 @@ def markdown(rows: Sequence[dict[str, Any]], title: str, starts: Sequence[dict[s
     families = families_in(rows)
     if families and judges:
         j = judges[0]
-        lines += [f"## Every run (ASR per held-out family, judge `{j}`)", "",
+        lines += [f"## Every run (ASR per held-out family, {judge_note(j)})", "",
                   "| defense | attack | p | seed | " + " | ".join(families) + " | mean | task acc. | answer NLL | over-refusal | s/upd. | wall | fired |",
                   "|---|---|---|---|" + "---|" * (len(families) + 7)]
         for r in rows:

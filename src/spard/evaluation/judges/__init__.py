@@ -1,19 +1,25 @@
 """Harmfulness judges behind one interface; build one from a spec with :func:`make_judge`.
 
-Specs: ``keyword``; ``probe:DIR``; ``llm`` or ``llm:MODEL`` (OpenAI-compatible endpoint, settings in
+Specs: ``keyword`` (the refusal rule; ``keyword:v1`` is the superseded rule, for measuring it); ``probe:DIR``; ``llm`` or ``llm:MODEL`` (OpenAI-compatible endpoint, settings in
 :class:`LLMJudgeConfig`); ``classifier:ID``.
 """
 
 from __future__ import annotations
 
 from spard.evaluation.judges.base import Judge, Verdict, agreement, attack_success_rate
-from spard.evaluation.judges.keyword import KeywordJudge
+from spard.evaluation.judges.keyword import RULE_VERSION, KeywordJudge
 from spard.evaluation.judges.llm import LLMJudge, LLMJudgeConfig
 
 
 def make_judge(spec: str, llm_config: LLMJudgeConfig | None = None) -> Judge:
     kind, _, arg = spec.partition(":")
     if kind == "keyword":
+        if arg == "v1":
+            from spard.evaluation.judges.keyword import KeywordJudgeV1
+
+            return KeywordJudgeV1()
+        if arg not in ("", f"v{RULE_VERSION}"):
+            raise ValueError(f"keyword rule {arg!r}: use keyword (rule v{RULE_VERSION}) or keyword:v1 (superseded)")
         return KeywordJudge()
     if kind == "probe":
         from spard.evaluation.judges.probe import ProbeJudge
