@@ -282,6 +282,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     overrides = _overrides(args, EVAL_FLAGS + GENERATION_FLAGS + LLM_FLAGS)
     if args.harmful_data:
         overrides["harmful"] = args.harmful_data
+    if args.benign_data:
+        overrides["benign"] = args.benign_data
     if args.judge:
         overrides["judges"] = args.judge
     if args.no_progress:
@@ -299,6 +301,7 @@ EVAL_FLAGS: list[tuple[str, str, type | None, str]] = [
     ("--task", "task", str, "gsm8k, openbookqa, exact or contains"),
     ("--limit", "harmful_limit", int, "first N prompts of each harmful file"),
     ("--task-limit", "task_limit", int, "first N task items"),
+    ("--benign-limit", "benign_limit", int, "first N prompts of each benign (over-refusal) file"),
     ("--output-dir", "output_dir", str, "where generations, verdicts and metrics go"),
 ]
 
@@ -314,7 +317,6 @@ ALIGN_FLAGS: list[tuple[str, str, type | None, str]] = [
     ("--max-steps", "training.max_steps", int, "optimiser updates"),
     ("--lr", "training.learning_rate", float, "learning rate"),
     ("--batch-size", "training.batch_size", int, "batch size"),
-    ("--check-benign", "check_benign", str, "benign prompts for the over-refusal check"),
     ("--check-limit", "check_limit", int, "prompts per check set"),
     ("--output-dir", "output_dir", str, "where the aligned model and report go"),
 ]
@@ -326,18 +328,20 @@ def cmd_align(args: argparse.Namespace) -> int:
     overrides = _overrides(args, ALIGN_FLAGS)
     if args.check_harmful:
         overrides["check_harmful"] = args.check_harmful
+    if args.check_benign:
+        overrides["check_benign"] = args.check_benign
     cfg = load_config(AlignConfig, args.config, overrides)
     report = run_alignment(cfg)
+    from spard.evaluation.stats import format_rate
 
-    def rates(side: dict) -> str:
-        if not side:
-            return "not measured"
-        over = side.get("over_refusal")
-        return (f"refusal {100 * side.get('refusal', float('nan')):.1f}% on harmful prompts"
-                + (f", over-refusal {100 * over:.1f}% on benign prompts" if over is not None else ""))
-
-    print(f"before: {rates(report['before'])}")
-    print(f"after:  {rates(report['after'])}  (keyword judge, {cfg.check_limit} prompts per set)")
+    print(f"alignment mix: {', '.join(f'{k} {v}' for k, v in report['mix'].items())}")
+    print(f"refused, before -> after (keyword refusal rule, first {cfg.check_limit} prompts per set; 95% Wilson intervals):")
+    before, after = report["before"].get("intervals", {}), report["after"].get("intervals", {})
+    benign = {Path(p).stem for p in cfg.check_benign}
+    for name in after or before:
+        kind = "benign: over-refusal" if name in benign else "harmful: refusal"
+        print(f"  {name:>16} ({kind}): {format_rate(before[name]) if name in before else 'n/a'} -> "
+              f"{format_rate(after[name]) if name in after else 'n/a'}")
     print(f"aligned model: {report['aligned_model']}")
     return 0
 
@@ -488,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="ASR on harmful prompt sets and the task metric")
     p.add_argument("--config", help="YAML EvalConfig; flags override")
     p.add_argument("--harmful-data", nargs="*", help="harmful prompt files (one ASR each)")
+    p.add_argument("--benign-data", nargs="*", help="benign prompt files: over-refusal on each (e.g. safety/benign/*.jsonl)")
     p.add_argument("--judge", action="append", help="judge spec; repeat for several (default keyword)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--overwrite", action="store_true",
@@ -498,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("align", help="safety-align a model (refusals + benign data) and report refusal before/after")
     p.add_argument("--config", help="YAML AlignConfig; flags override")
     p.add_argument("--check-harmful", nargs="*", help="held-out harmful prompt files for the refusal check")
+    p.add_argument("--check-benign", nargs="*", help="benign prompt files for the over-refusal check (never trained on)")
     _add_flags(p, ALIGN_FLAGS)
     p.set_defaults(func=cmd_align)
 

@@ -253,6 +253,29 @@ def start_table(starts: Sequence[dict[str, Any]], judge: str) -> list[str]:
     return lines + [""]
 
 
+def over_refusal_table(rows: Sequence[dict[str, Any]], starts: Sequence[dict[str, Any]]) -> list[str]:
+    """Over-refusal (benign prompts refused, keyword refusal rule) per benign set: start models, then
+    each defense label (mean over its runs); shown beside every ASR table so that a low ASR that comes
+    from refusing everything is visible."""
+    sets = sorted({k[13:-1] for r in [*starts, *rows] for k in r if k.startswith("over_refusal[")})
+    if not sets:
+        return []
+    lines = ["## Over-refusal on benign prompts (share refused, keyword refusal rule; mean over runs)", "",
+             "| model / defense | runs | " + " | ".join(sets) + " |", "|---|---|" + "---|" * len(sets)]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in starts:
+        groups.setdefault(f"{START_LABEL}: {r['model']}", []).append(r)
+    for r in rows:
+        groups.setdefault(r["label"], []).append(r)
+    for label, items in groups.items():
+        cells = []
+        for name in sets:
+            vals = [r[f"over_refusal[{name}]"] for r in items if r.get(f"over_refusal[{name}]") is not None]
+            cells.append(_fmt(statistics.fmean(vals), pct=True) if vals else "n/a")
+        lines.append(f"| {label} | {len(items)} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def markdown(rows: Sequence[dict[str, Any]], title: str, starts: Sequence[dict[str, Any]] = (),
              changes: dict[str, dict[str, Any]] | None = None) -> str:
     """The results page: targets, start models, ASR by defense and attack, ablations, per-defense summary, every run.
@@ -271,6 +294,7 @@ def markdown(rows: Sequence[dict[str, Any]], title: str, starts: Sequence[dict[s
         lines += targets(rows, judge)
     for judge in judges_in(starts):
         lines += start_table(starts, judge)
+    lines += over_refusal_table(rows, starts)
     for judge in judges:
         lines += asr_matrix(rows, judge)
     for judge in judges:

@@ -41,6 +41,9 @@ class EvalConfig:
     task_data: str | None = None
     task: str = "gsm8k"
     task_limit: int | None = None
+    #: benign prompt sets (e.g. XSTest's safe prompts, everyday instructions): over-refusal on each
+    benign: list[str] = field(default_factory=list)
+    benign_limit: int | None = None
     judges: list[str] = field(default_factory=lambda: ["keyword"])
     llm: LLMJudgeConfig = field(default_factory=LLMJudgeConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -110,7 +113,7 @@ def eval_key(cfg: EvalConfig) -> str:
 def run_evaluation(cfg: EvalConfig, *, on_mismatch: str = "error") -> dict[str, Any]:
     """Evaluate ``cfg.model``; ``on_mismatch`` (``error`` or ``restart``) decides what happens to output
     files made under other settings (another model, decoding or judge)."""
-    if not cfg.harmful and not cfg.task_data:
+    if not cfg.harmful and not cfg.task_data and not cfg.benign:
         raise ValueError("nothing to evaluate: give harmful prompt files (--harmful-data) and/or --task-data")
     if cfg.task not in TASK_METRICS:
         raise ValueError(f"unknown task {cfg.task!r}; choose from {sorted(TASK_METRICS)}")
@@ -165,6 +168,17 @@ def run_evaluation(cfg: EvalConfig, *, on_mismatch: str = "error") -> dict[str, 
         metrics["asr_mean"] = {
             j.name: _mean([metrics["asr"][Path(p).stem][j.name]["asr"] for p in cfg.harmful]) for j in judges
         }
+    if cfg.benign:
+        from spard.evaluation.stats import rate_with_interval
+
+        metrics["over_refusal"] = {}
+        for path in cfg.benign:
+            name = Path(path).stem
+            prompts = load_examples(path, FieldMap(target=None), origin=f"benign:{name}", limit=cfg.benign_limit)
+            rows = generate_responses(model, tokenizer, prompts, gen_cfg, output=out / "generations" / f"benign.{name}.jsonl",
+                                      progress=cfg.progress, **io)
+            metrics["over_refusal"][name] = rate_with_interval(sum(is_refusal(r["response"]) for r in rows), len(rows))
+        metrics["over_refusal_mean"] = _mean([r["rate"] for r in metrics["over_refusal"].values()])
     if cfg.task_data:
         ref_field = REFERENCE_FIELD[cfg.task]
         examples = load_examples(cfg.task_data, FieldMap(target=ref_field), origin="task", limit=cfg.task_limit)
@@ -215,6 +229,13 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
                 cells.append(_pct(r["asr"]) + (f" ({r['failed']} failed)" if r["failed"] else ""))
             lines.append(f"| {name} | {row['n']} | " + " | ".join(cells) + " |")
         lines.append("| **mean** | | " + " | ".join(_pct(metrics["asr_mean"][j]) for j in judges) + " |")
+        lines.append("")
+    if metrics.get("over_refusal"):
+        from spard.evaluation.stats import format_rate
+
+        lines += ["## Over-refusal (benign prompts refused, keyword refusal rule; 95% Wilson interval)", "",
+                  "| benign set | refused |", "|---|---|"]
+        lines += [f"| {name} | {format_rate(r)} |" for name, r in metrics["over_refusal"].items()]
         lines.append("")
     if metrics.get("task"):
         t = metrics["task"]

@@ -17,7 +17,8 @@ def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # clamped so that the interval always holds p (rounding leaves centre + half a hair below 1 at k = n)
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 def rate_with_interval(k: int, n: int) -> dict[str, float | int | None]:
