@@ -86,7 +86,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.no_progress:
         overrides["progress"] = False
     cfg = load_config(TrainConfig, args.config, overrides)
-    metrics = run_training(cfg)
+    from spard.io import check_output
+
+    check_output(cfg.output_dir, directory=True)
+    metrics = run_training(cfg, overwrite=args.overwrite)
     t = metrics["training"]
     print(f"defense={metrics['defense']} updates={metrics['updates']} "
           f"s/update={metrics['seconds_per_update'] or 0:.2f} peak_mem={metrics['peak_memory_mb']:.0f}MiB")
@@ -103,20 +106,35 @@ def cmd_select(args: argparse.Namespace) -> int:
     import resource
     from dataclasses import replace
 
-    from spard.data import DataConfig, FieldMap, load_examples, load_poisoned_task, origin_counts, write_jsonl
+    from spard.config import check_ranges
+    from spard.data import (
+        DataConfig,
+        FieldMap,
+        load_examples,
+        load_poisoned_task,
+        origin_counts,
+        poison_counts,
+        write_jsonl,
+    )
+    from spard.io import check_output
     from spard.selection.safe_set import make_encoder, select_safe_examples
     from spard.selection.selectors import SelectionConfig
 
+    check_output(args.output, inputs=(args.pool, args.reference, args.harmful_data))
+    cfg = SelectionConfig(
+        method=args.method, ratio=args.ratio, min_k=args.min_k, k=args.k, beta=args.beta, eps=args.eps,
+        embedding_model=args.embedding_model, seed=args.seed,
+    )
+    check_ranges(cfg, "selection")
+    poison_counts(0, args.harmful_ratio, args.harmful_ratio_of)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
     started = time.perf_counter()
     data = DataConfig(task=args.reference, task_limit=args.limit, harmful=args.harmful_data,
                       harmful_ratio=args.harmful_ratio, harmful_ratio_of=args.harmful_ratio_of)
     pool = load_examples(args.pool, FieldMap(target=args.pool_target_field), origin="safety")
     # the very set `spard train --seed S` trains on (same mixing function, same seed)
     reference = load_poisoned_task(replace(data, task_target_field=None), args.seed)
-    cfg = SelectionConfig(
-        method=args.method, ratio=args.ratio, min_k=args.min_k, k=args.k, beta=args.beta, eps=args.eps,
-        embedding_model=args.embedding_model, seed=args.seed,
-    )
     encoder = None
     if cfg.method != "random":
         base_model = base_tok = None
@@ -173,11 +191,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from spard.data import FieldMap, load_examples
     from spard.evaluation.evaluate import saved_eval_system_prompt
     from spard.evaluation.generation import GenerationConfig, generate_responses
+    from spard.io import check_output
     from spard.models import load_model
 
     values = {dest.split(".", 1)[1]: v for dest, v in _overrides(args, GENERATION_FLAGS).items()}
     values["do_sample"] = args.sample
     cfg = from_dict(GenerationConfig, values, "generation")
+    check_output(args.output, inputs=(args.data,))
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
     if cfg.system_prompt is None:
         cfg.system_prompt, _ = saved_eval_system_prompt(args.model)
     examples = load_examples(args.data, FieldMap(prompt=args.prompt_field, target=None), limit=args.limit)
@@ -203,14 +225,27 @@ def _judge_output(base: str, judge_name: str, several: bool) -> str:
 def cmd_judge(args: argparse.Namespace) -> int:
     from spard.evaluation.judges import agreement, attack_success_rate, make_judge
     from spard.evaluation.judging import as_verdicts, judge_rows
-    from spard.io import read_jsonl
+    from spard.io import check_output, read_jsonl
 
-    rows = list(read_jsonl(args.responses))
+    responses = Path(args.responses)
+    if not responses.exists():
+        raise ValueError(f"{responses}: no such responses file")
+    rows = list(read_jsonl(responses))
     for i, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise ValueError(f"{responses}:{i}: expected a JSON object with id, prompt and response")
         missing = [k for k in ("id", "prompt", "response") if k not in row]
         if missing:
-            raise ValueError(f"{args.responses}:{i}: missing field {missing[0]!r}")
+            raise ValueError(f"{responses}:{i}: missing field {missing[0]!r}")
+        for k in ("prompt", "response"):
+            if not isinstance(row[k], str):
+                raise ValueError(f"{responses}:{i}: field {k!r} must be a string, got {type(row[k]).__name__}")
+    if not rows and not args.allow_empty:
+        raise ValueError(f"{responses}: no responses to judge (pass --allow-empty to accept that)")
     specs = args.judge or ["keyword"]
+    for spec in specs:
+        name = "probe" if spec.startswith("probe:") else spec  # the judge's name, as its output file uses it
+        check_output(_judge_output(args.output, name, len(specs) > 1), inputs=(responses,))
     llm = _llm_config(args)
     results = {}
     for spec in specs:
@@ -232,7 +267,11 @@ def cmd_judge(args: argparse.Namespace) -> int:
 def cmd_judge_fit(args: argparse.Namespace) -> int:
     from spard.data import FieldMap, load_examples
     from spard.evaluation.judges.probe import ProbeJudge, fit_probe
+    from spard.io import check_output
 
+    check_output(args.output, inputs=tuple(args.data), directory=True)
+    if args.C <= 0:
+        raise ValueError(f"--C must be > 0, got {args.C}")
     texts, labels = [], []
     for path in args.data:
         for field, label in ((args.safe_field, 0), (args.unsafe_field, 1)):
@@ -289,6 +328,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.no_progress:
         overrides["progress"] = False
     cfg = load_config(EvalConfig, args.config, overrides)
+    from spard.io import check_output
+
+    check_output(cfg.output_dir, inputs=(*cfg.harmful, *cfg.benign, cfg.task_data, cfg.model.name), directory=True)
     run_evaluation(cfg, on_mismatch="restart" if args.overwrite else "error")
     print(Path(cfg.output_dir, "summary.md").read_text())
     print(f"metrics in {Path(cfg.output_dir, 'metrics.json')}")
@@ -331,6 +373,9 @@ def cmd_align(args: argparse.Namespace) -> int:
     if args.check_benign:
         overrides["check_benign"] = args.check_benign
     cfg = load_config(AlignConfig, args.config, overrides)
+    from spard.io import check_output
+
+    check_output(cfg.output_dir, directory=True, inputs=(cfg.refusals, cfg.benign, *cfg.check_harmful, *cfg.check_benign))
     report = run_alignment(cfg)
     from spard.evaluation.stats import format_rate
 
@@ -358,10 +403,12 @@ def _print_results(output_dir: str) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from spard.bench.config import parse_shard
     from spard.bench.runner import load_bench_config, run_bench
+    from spard.io import check_output
 
     cfg = load_bench_config(args.config)
     if args.output_dir:
         cfg.output_dir = args.output_dir
+    check_output(cfg.output_dir, directory=True, inputs=(args.config,))
     shard = parse_shard(args.shard) if args.shard else None
     rows = run_bench(cfg, progress=not args.no_progress, dry_run=args.dry_run, report_only=args.report_only,
                      only=args.only or (), shard=shard)
@@ -419,6 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_flags(p, TRAIN_FLAGS)
     p.add_argument("--full-finetune", action="store_true", help="train all weights instead of LoRA")
     p.add_argument("--merge", action="store_true", help="save the merged model instead of the adapter")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a finished run in --output-dir (only once the new one has finished)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
@@ -463,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--responses", required=True, help="JSONL with id, prompt, response")
     p.add_argument("--judge", action="append", help="judge spec; repeat for several (default keyword)")
     p.add_argument("--output", required=True, help="verdicts JSONL (resumed when present)")
+    p.add_argument("--allow-empty", action="store_true", help="accept an empty responses file (ASR n/a)")
     p.add_argument("--overwrite", action="store_true",
                    help="start over output files made under other settings (default: refuse to touch them)")
     _add_flags(p, LLM_FLAGS)
@@ -541,12 +591,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
-        print(f"spard {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (ConfigError, ValueError, OSError) as exc:
+        if args.verbose:
+            raise
+        print(f"spard {args.command}: error: {_explain(exc)}", file=sys.stderr)
+        return 2
+
+
+#: Every flag that sets a config field, by the field's dotted name, for error messages.
+def _flag_names() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for flags in (TRAIN_FLAGS, EVAL_FLAGS, GENERATION_FLAGS, LLM_FLAGS, ALIGN_FLAGS):
+        for flag, dest, _, _ in flags:
+            out.setdefault(dest, flag)
+    return out
+
+
+def _explain(exc: BaseException) -> str:
+    """One line for the user: the message, the file for OS errors, the option that sets a named field."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a file is not UTF-8 text ({exc.reason} at byte {exc.start})"
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    text = str(exc) or type(exc).__name__
+    for dest, flag in sorted(_flag_names().items(), key=lambda kv: -len(kv[0])):
+        if f".{dest}:" in text or text.startswith(f"{dest}:"):
+            return f"{text} (option {flag})"
+    return text
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import hashlib
 import json
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
@@ -74,9 +75,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
     if tp is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        if not isinstance(value, str):  # a number where text is expected is a mistake, not a string
             raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return str(value)
+        return value
     return value
 
 
@@ -93,9 +94,66 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
         raise ConfigError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(fields))})")
     kwargs = {name: _coerce(value, hints[name], f"{where}.{name}") for name, value in data.items()}
     try:
-        return cls(**kwargs)
+        obj = cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    check_ranges(obj, where)
+    return obj
+
+
+def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= low), f">= {low:g}"
+
+
+def _optional(rule: tuple[Callable[[Any], bool], str]) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v is None or rule[0](v)), f"{rule[1]} (or unset)"
+
+
+_POSITIVE = ((lambda v: v > 0), "> 0")
+_UNIT = ((lambda v: 0 < v <= 1), "in (0, 1]")
+_COUNT = _at_least(1)
+_NONNEG = _at_least(0)
+
+#: The documented range of every numeric setting, by ``Class.field``; checked whenever a config is built
+#: from a mapping (YAML, flags) and by :func:`check_ranges`.
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "TrainingSettings.learning_rate": _POSITIVE, "TrainingSettings.epochs": _POSITIVE,
+    "TrainingSettings.max_steps": ((lambda v: v == -1 or v > 0), "-1 (train for `epochs`) or > 0"),
+    "TrainingSettings.batch_size": _COUNT, "TrainingSettings.gradient_accumulation_steps": _COUNT,
+    "TrainingSettings.warmup_steps": _NONNEG, "TrainingSettings.weight_decay": _NONNEG,
+    "TrainingSettings.max_grad_norm": _POSITIVE, "TrainingSettings.logging_steps": _COUNT,
+    "DataConfig.harmful_ratio": _NONNEG, "DataConfig.task_limit": _optional(_COUNT), "DataConfig.max_length": _at_least(8),
+    "SelectionConfig.ratio": _UNIT, "SelectionConfig.min_k": _NONNEG, "SelectionConfig.k": _optional(_COUNT),
+    "SelectionConfig.beta": _NONNEG, "SelectionConfig.eps": _POSITIVE, "SelectionConfig.embedding_batch_size": _COUNT,
+    "SPAGConfig.delta": _NONNEG, "SPAGConfig.radius": _POSITIVE, "SPAGConfig.safe_batch_size": _COUNT,
+    "SPAGConfig.heldout_size": _NONNEG, "SPAGConfig.heldout_every": _COUNT,
+    "LisaConfig.rho": _NONNEG, "LisaConfig.alignment_steps": _NONNEG, "LisaConfig.finetune_steps": _COUNT,
+    "LisaConfig.proximal_from": ((lambda v: 0 <= v <= 1), "in [0, 1]"),
+    "LisaConfig.alignment_batch_size": _optional(_COUNT), "SafeGradConfig.alignment_batch_size": _COUNT,
+    "SafeLoRAConfig.threshold": ((lambda v: -1 <= v <= 1), "in [-1, 1]"), "SafeLoRAConfig.num_layers": _optional(_COUNT),
+    "SafeLoRAConfig.rank": _optional(_COUNT),
+    "LoraSettings.r": _COUNT, "LoraSettings.alpha": _POSITIVE, "LoraSettings.dropout": ((lambda v: 0 <= v < 1), "in [0, 1)"),
+    "GenerationConfig.max_new_tokens": _COUNT, "GenerationConfig.batch_size": _COUNT,
+    "GenerationConfig.temperature": _POSITIVE, "GenerationConfig.top_p": _UNIT, "GenerationConfig.max_prompt_length": _at_least(8),
+    "EvalConfig.harmful_limit": _optional(_COUNT), "EvalConfig.task_limit": _optional(_COUNT),
+    "EvalConfig.benign_limit": _optional(_COUNT),
+    "LLMJudgeConfig.threshold": ((lambda v: 1 <= v <= 5), "in 1..5"), "LLMJudgeConfig.concurrency": _COUNT,
+    "LLMJudgeConfig.max_retries": _NONNEG, "LLMJudgeConfig.timeout": _POSITIVE, "LLMJudgeConfig.max_tokens": _COUNT,
+    "AlignConfig.n_refusals": _NONNEG, "AlignConfig.n_benign": _NONNEG, "AlignConfig.check_limit": _COUNT,
+    "AlignConfig.max_new_tokens": _COUNT, "AlignConfig.max_length": _at_least(8), "AlignConfig.distill_max_new_tokens": _COUNT,
+}
+
+
+def check_ranges(obj: Any, where: str = "config") -> None:
+    """Raise :class:`ConfigError` naming ``where.field`` for the first numeric setting of ``obj`` (and of
+    its nested configs) outside its documented range (:data:`RANGES`)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        rule = RANGES.get(f"{type(obj).__name__}.{f.name}")
+        if rule and isinstance(value, (int, float, type(None))) and not isinstance(value, bool) and not rule[0](value):
+            raise ConfigError(f"{where}.{f.name}: must be {rule[1]}, got {value!r}")
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

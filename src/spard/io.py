@@ -13,6 +13,12 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Have ``write`` write a file at a fresh temporary path next to ``path``, then rename it into place.
 
@@ -23,6 +29,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results get the mode any other new file would
     try:
         write(Path(tmp))
         os.replace(tmp, path)
@@ -52,8 +59,16 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         return
-    with path.open(encoding="utf-8") as fh:
-        lines = fh.readlines()
+    if path.is_dir():
+        raise IsADirectoryError(21, "is a directory, not a JSONL file", str(path))
+    with path.open("rb") as fh:
+        raw_lines = fh.readlines()
+    lines = []
+    for i, raw in enumerate(raw_lines):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}:{i + 1}: not UTF-8 text") from None
     for i, line in enumerate(lines):
         if not line.strip():
             continue
@@ -164,3 +179,26 @@ def remove_tree(path: str | Path, root: str | Path) -> None:
     if target == base or base not in target.parents:
         raise ValueError(f"refusing to delete {path}: it is not inside {root}")
     shutil.rmtree(target)
+
+
+def check_output(path: str | Path, *, inputs: tuple[str | Path | None, ...] = (), directory: bool = False) -> Path:
+    """Check before any work that ``path`` can be written: not one of ``inputs``, not a directory where a
+    file is wanted (or a file where a directory is), in a folder that exists or can be made and is
+    writable. Raises ``ValueError`` naming the path."""
+    path = Path(path)
+    for source in inputs:
+        if source and Path(source).exists() and Path(source).resolve() == path.resolve():
+            raise ValueError(f"{path}: the output is also an input; write it elsewhere")
+    if path.exists() and path.is_dir() != directory:
+        raise ValueError(f"{path}: is {'a file' if directory else 'a directory'}; expected {'a directory' if directory else 'a file'}")
+    parent = path if directory and path.exists() else path.parent
+    existing = parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{path}: {existing} is a file, so the output cannot go under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{path}: {existing} is not writable")
+    if path.exists() and not directory and not os.access(path, os.W_OK):
+        raise ValueError(f"{path}: not writable")
+    return path

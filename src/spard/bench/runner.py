@@ -40,7 +40,14 @@ logger = logging.getLogger(__name__)
 
 
 def load_bench_config(path: str | Path) -> BenchConfig:
-    return from_dict(BenchConfig, load_yaml(path), str(path))
+    """The grid config at ``path``, its labels and attack names checked (they become folder names)."""
+    from spard.bench.config import check_name, defense_specs
+
+    cfg = from_dict(BenchConfig, load_yaml(path), str(path))
+    defense_specs(cfg)
+    for name in cfg.attacks:
+        check_name("attack", name)
+    return cfg
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

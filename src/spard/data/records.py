@@ -71,8 +71,12 @@ TARGET_ALIASES = {"answer", "safe", "unsafe", "response", "output", "completion"
 
 
 def _rows_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text (save the file as UTF-8)") from None
             if not line.strip():
                 continue
             try:
@@ -84,6 +88,8 @@ def _rows_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
 def _rows_json(path: Path) -> Iterator[tuple[str, Any]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text (save the file as UTF-8)") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
     if isinstance(data, dict):

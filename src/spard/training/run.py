@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import time
@@ -133,17 +134,53 @@ def reuse_training(cfg: TrainConfig, donor_dir: str | Path) -> dict[str, Any]:
     return metrics
 
 
-def run_training(cfg: TrainConfig) -> dict[str, Any]:
-    """Run one fine-tuning job as configured and return its metrics (also written to ``metrics.json``)."""
-    from transformers import set_seed
+def run_training(cfg: TrainConfig, *, overwrite: bool = False) -> dict[str, Any]:
+    """Run one fine-tuning job as configured and return its metrics (also written to ``metrics.json``).
 
-    out = Path(cfg.output_dir)
-    defense = get_defense(cfg.defense, cfg)
-    defense.check()
-    # Under `accelerate launch` / torchrun every process runs this function; only the main one writes.
+    Everything is checked before the output folder is touched (the defense's needs, the data). A folder
+    that holds a finished run (``metrics.json``) is refused unless ``overwrite``; then the new run trains
+    in a hidden sibling folder and replaces the old one only when it has finished. A run that fails in
+    a folder it created leaves nothing behind."""
     from accelerate import PartialState
 
+    final = Path(cfg.output_dir)
+    defense = get_defense(cfg.defense, cfg)
+    defense.check()
+    task = load_task_examples(cfg)  # bad data fails here, before anything is written
+    inputs = [p for p in (cfg.data.task, cfg.data.harmful, cfg.data.safe_pool, cfg.data.safety_demos, cfg.model.name) if p]
+    for path in inputs:
+        if Path(path).exists() and (Path(path).resolve() == final.resolve() or final.resolve() in Path(path).resolve().parents):
+            raise ValueError(f"output dir {final} holds the input {path}: choose another --output-dir")
+    finished = (final / "metrics.json").exists()
+    if finished and not overwrite:
+        raise ValueError(f"{final} holds a finished run (metrics.json): choose another --output-dir, or pass --overwrite "
+                         "(the old run is replaced only once the new one has finished)")
     state = PartialState()
+    main_process = state.is_main_process
+    work = final.with_name(f".{final.name}.replacing") if finished else final
+    created = not work.exists()
+    if main_process and finished and work.exists():
+        shutil.rmtree(work)  # a replacement that was interrupted earlier
+    try:
+        metrics = _train(cfg, defense, task, work, state)
+    except BaseException:
+        if main_process and created and work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    if main_process and finished:
+        old = final.with_name(f".{final.name}.replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(work, final)
+        shutil.rmtree(old, ignore_errors=True)
+        logger.info("replaced the finished run in %s", final)
+    return metrics
+
+
+def _train(cfg: TrainConfig, defense: Any, task: list[Example], out: Path, state: Any) -> dict[str, Any]:
+    """The run itself, writing into ``out`` (``config.yaml`` names ``cfg.output_dir``)."""
+    from transformers import set_seed
+
     main_process = state.is_main_process
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -156,7 +193,6 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     set_seed(cfg.training.seed)
 
     started = time.perf_counter()
-    task = load_task_examples(cfg)
     model, tokenizer = load_model(cfg.model)
 
     safe_examples: list[Example] = []
