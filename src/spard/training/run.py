@@ -147,14 +147,16 @@ def run_training(cfg: TrainConfig, *, overwrite: bool = False) -> dict[str, Any]
     defense = get_defense(cfg.defense, cfg)
     defense.check()
     task = load_task_examples(cfg)  # bad data fails here, before anything is written
-    inputs = [p for p in (cfg.data.task, cfg.data.harmful, cfg.data.safe_pool, cfg.data.safety_demos, cfg.model.name) if p]
-    for path in inputs:
-        if Path(path).exists() and (Path(path).resolve() == final.resolve() or final.resolve() in Path(path).resolve().parents):
-            raise ValueError(f"output dir {final} holds the input {path}: choose another --output-dir")
     finished = (final / "metrics.json").exists()
     if finished and not overwrite:
         raise ValueError(f"{final} holds a finished run (metrics.json): choose another --output-dir, or pass --overwrite "
                          "(the old run is replaced only once the new one has finished)")
+    inputs = [p for p in (cfg.data.task, cfg.data.harmful, cfg.data.safe_pool, cfg.data.safety_demos, cfg.model.name) if p]
+    for path in inputs:
+        inside = Path(path).exists() and (Path(path).resolve() == final.resolve() or final.resolve() in Path(path).resolve().parents)
+        if inside and (finished or Path(path).resolve() == final.resolve()):
+            raise ValueError(f"output dir {final} holds the input {path}, which replacing the run would delete: "
+                             "choose another --output-dir")
     state = PartialState()
     main_process = state.is_main_process
     work = final.with_name(f".{final.name}.replacing") if finished else final
