@@ -228,3 +228,58 @@ def test_overwrite_replaces_a_finished_run_only_when_the_new_one_finishes(ws, mo
     assert main(argv) == 0
     assert json.loads((root / "finished_run" / "metrics.json").read_text())["updates"] == 1
     assert not list(root.glob(".finished_run*"))
+
+
+@pytest.mark.parametrize("defense", ["spard"])
+def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(defense, tiny_model_dir, toy_data, tmp_path):
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    def argv(out):
+        return [sys.executable, "-m", "spard.cli", "train", "--model", str(tiny_model_dir), "--data", str(toy_data["task"]),
+                "--harmful-data", str(toy_data["attack"]), "--harmful-ratio", "0.25", "--safe-pool", str(toy_data["safe_pool"]),
+                "--defense", defense, "--min-k", "16", "--embedding-model", "base", "--max-steps", "40", "--batch-size", "4",
+                "--grad-accum", "1", "--lr", "3e-3", "--warmup-steps", "0", "--seed", "0", "--lora-r", "4", "--lora-alpha", "8",
+                "--max-length", "96", "--tau", "auto", "--save-steps", "3", "--no-progress", "--output-dir", str(out)]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SPARD_CACHE": str(tmp_path / "cache")}
+    whole = subprocess.run(argv(tmp_path / "whole"), env=env, capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(argv(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_at = random.Random().randint(5, 30)  # a random update
+    log = out / "train_log.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= kill_at:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert not (out / "metrics.json").exists(), "the run finished before it could be killed"
+    resumed = subprocess.run([*argv(out), "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == list(range(1, 41)), (kill_at, steps)  # no duplicate, no missing step
+    a = load_file(str(tmp_path / "whole" / "model" / "adapter_model.safetensors"))
+    b = load_file(str(out / "model" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch_close(a[name], b[name])
+    whole_log = [json.loads(line) for line in (tmp_path / "whole" / "train_log.jsonl").read_text().splitlines()]
+    resumed_log = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["fired"] for r in whole_log] == [r["fired"] for r in resumed_log]
+
+
+def torch_close(x, y):
+    import torch
+
+    torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)

@@ -37,6 +37,7 @@ TRAIN_FLAGS: list[tuple[str, str, type | None, str]] = [
     ("--grad-accum", "training.gradient_accumulation_steps", int, "gradient accumulation steps"),
     ("--warmup-steps", "training.warmup_steps", int, "warm-up updates"),
     ("--seed", "training.seed", int, "seed for mixing, sampling and initialisation"),
+    ("--save-steps", "training.save_steps", int, "checkpoint every N updates so that --resume can continue (0 = none)"),
     ("--lora-r", "lora.r", int, "LoRA rank"),
     ("--lora-alpha", "lora.alpha", int, "LoRA alpha"),
     ("--selector", "selection.method", str, "safe-data selector: auto, rd-dpp, random, relevance, diversity"),
@@ -88,8 +89,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(TrainConfig, args.config, overrides)
     from spard.io import check_output
 
-    check_output(cfg.output_dir, directory=True)
-    metrics = run_training(cfg, overwrite=args.overwrite)
+    if not args.resume:
+        check_output(cfg.output_dir, directory=True)
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues a run and --overwrite replaces one: pass one of them")
+    metrics = run_training(cfg, overwrite=args.overwrite, resume=args.resume)
     t = metrics["training"]
     print(f"defense={metrics['defense']} updates={metrics['updates']} "
           f"s/update={metrics['seconds_per_update'] or 0:.2f} peak_mem={metrics['peak_memory_mb']:.0f}MiB")
@@ -468,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", action="store_true", help="save the merged model instead of the adapter")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a finished run in --output-dir (only once the new one has finished)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the unfinished run in --output-dir from its last checkpoint (see --save-steps)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 

@@ -123,7 +123,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "TrainingSettings.max_steps": ((lambda v: v == -1 or v > 0), "-1 (train for `epochs`) or > 0"),
     "TrainingSettings.batch_size": _COUNT, "TrainingSettings.gradient_accumulation_steps": _COUNT,
     "TrainingSettings.warmup_steps": _NONNEG, "TrainingSettings.weight_decay": _NONNEG,
-    "TrainingSettings.max_grad_norm": ((lambda v: v >= 0), ">= 0 (0 = no clipping)"), "TrainingSettings.logging_steps": _COUNT,
+    "TrainingSettings.max_grad_norm": ((lambda v: v >= 0), ">= 0 (0 = no clipping)"), "TrainingSettings.logging_steps": _COUNT, "TrainingSettings.save_steps": _NONNEG,
     "DataConfig.harmful_ratio": _NONNEG, "DataConfig.task_limit": _optional(_COUNT), "DataConfig.max_length": _at_least(8),
     "SelectionConfig.ratio": _UNIT, "SelectionConfig.min_k": _NONNEG, "SelectionConfig.k": _optional(_COUNT),
     "SelectionConfig.beta": _NONNEG, "SelectionConfig.eps": _POSITIVE, "SelectionConfig.embedding_batch_size": _COUNT,

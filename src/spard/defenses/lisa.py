@@ -34,6 +34,7 @@ def proximal_term(params: list[torch.nn.Parameter], anchor: list[torch.Tensor], 
 
 class LisaTrainer(SafetyTrainer):
     needs_safe_data = True
+    resumable = False  # the anchor and the deferred user batches are not checkpointed yet
 
     def __init__(self, *args: Any, lisa_config: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)

@@ -58,7 +58,8 @@ class SafeGradTrainer(SafetyTrainer):
         self._reference = None
 
     def on_train_start(self) -> None:
-        self._align_batches = self.batches(self.safe_dataset, self.safegrad.alignment_batch_size, self.args.seed + 2)
+        self._align_batches = self.batches(self.safe_dataset, self.safegrad.alignment_batch_size, self.args.seed + 2,
+                                           skip=self.resumed_step)
         if self.safegrad.alignment_loss == "kl" and not hasattr(self.model, "disable_adapter"):
             import copy
 

@@ -40,6 +40,9 @@ class _StepHooks(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         self.trainer._finish_step()
 
+    def on_save(self, args, state, control, **kwargs):
+        self.trainer._save_resume_state(state.global_step)
+
     def on_train_end(self, args, state, control, **kwargs):
         self.trainer._end_training()
 
@@ -65,6 +68,9 @@ class SafetyTrainer(Trainer):
         self._pending: dict[str, Any] = {}
         self._step_loss = 0.0
         self._log: JsonlAppender | None = None
+        #: set by the caller before ``train(resume_from_checkpoint=...)``: the checkpoint folder and its step
+        self.resume_dir: Path | None = None
+        self.resumed_step = 0
         self.add_callback(_StepHooks(self))
 
     # ---- hooks for subclasses ----
@@ -83,6 +89,16 @@ class SafetyTrainer(Trainer):
         """Called after the optimiser and scheduler stepped and gradients were zeroed."""
         return None
 
+    #: Whether the trainer can resume from a checkpoint with the same result as an uninterrupted run.
+    resumable: bool = True
+
+    def resume_state(self) -> dict[str, Any]:
+        """What this trainer must carry across a resume beyond Trainer's own checkpoint (JSON)."""
+        return {}
+
+    def load_resume_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`resume_state` when resuming."""
+
     def summary(self) -> dict[str, Any]:
         """Totals over the run for ``metrics.json``."""
         losses = [r["utility_loss"] for r in self.step_records if math.isfinite(r.get("utility_loss", math.nan))]
@@ -97,14 +113,17 @@ class SafetyTrainer(Trainer):
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
-    def batches(self, dataset: Any, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(self, dataset: Any, batch_size: int, seed: int, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """Endless random mini-batches (without replacement inside a batch) from ``dataset``, on the device.
 
         Each process draws its own batches (the generator is seeded with :func:`rank_seed`), so a loss
-        averaged over processes is a mean over ``world size x batch_size`` samples, as the user batch is."""
+        averaged over processes is a mean over ``world size x batch_size`` samples, as the user batch is.
+        ``skip`` draws are discarded first (a resumed run continues the stream where it stopped)."""
         gen = torch.Generator().manual_seed(rank_seed(seed, self.accelerator.process_index))
         n = len(dataset)
         size = min(batch_size, n)
+        for _ in range(skip):
+            torch.randperm(n, generator=gen)
         while True:
             idx = torch.randperm(n, generator=gen)[:size].tolist()
             batch = self.data_collator([dataset[i] for i in idx])
@@ -121,9 +140,33 @@ class SafetyTrainer(Trainer):
         return loss
 
     def _begin_training(self) -> None:
+        if self.resume_dir is not None:
+            import json
+
+            state_file = Path(self.resume_dir) / "spard_state.json"
+            saved = json.loads(state_file.read_text()) if state_file.exists() else {}
+            self.resumed_step = int(saved.get("step", 0))
+            self.load_resume_state(saved.get("trainer", {}))
+            if self.step_log_path and self.step_log_path.exists():
+                from spard.io import read_jsonl
+
+                self.step_records = [r for r in read_jsonl(self.step_log_path) if r.get("step", 0) <= self.resumed_step]
+                if self.is_world_process_zero():
+                    from spard.data.records import write_jsonl
+
+                    write_jsonl(self.step_log_path, self.step_records)  # rows past the checkpoint are redone
         if self.step_log_path and self.is_world_process_zero():
             self._log = JsonlAppender(self.step_log_path)
         self.on_train_start()
+
+    def _save_resume_state(self, step: int) -> None:
+        if not self.is_world_process_zero():
+            return
+        from spard.io import atomic_write_json
+
+        folder = Path(self.args.output_dir) / f"checkpoint-{step}"
+        if folder.is_dir():
+            atomic_write_json(folder / "spard_state.json", {"step": step, "trainer": self.resume_state()})
 
     def _finish_step(self) -> None:
         row = {"step": self.state.global_step, self.loss_name(): self._step_loss}

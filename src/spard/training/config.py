@@ -27,6 +27,9 @@ class TrainingSettings:
     #: Seeds the poisoned mix, the safe-set draw (unless ``selection.seed`` is set), sampling and initialisation.
     seed: int = 42
     logging_steps: int = 10
+    #: Write a checkpoint every this many updates (the last one is kept) so that ``--resume`` can
+    #: continue an interrupted run; 0 = none.
+    save_steps: int = 0
     bf16: bool = False
 
 

@@ -87,7 +87,9 @@ def training_arguments(cfg: TrainConfig, output_dir: Path) -> Any:
         seed=t.seed,
         data_seed=t.seed,
         logging_steps=t.logging_steps,
-        save_strategy="no",
+        save_strategy="steps" if t.save_steps > 0 else "no",
+        save_steps=t.save_steps if t.save_steps > 0 else 500,
+        save_total_limit=2,  # the newest may be cut short by a kill; the one before is complete
         report_to=[],
         bf16=t.bf16,
         disable_tqdm=not cfg.progress,
@@ -134,19 +136,52 @@ def reuse_training(cfg: TrainConfig, donor_dir: str | Path) -> dict[str, Any]:
     return metrics
 
 
-def run_training(cfg: TrainConfig, *, overwrite: bool = False) -> dict[str, Any]:
+def find_resume_checkpoint(cfg: TrainConfig) -> Path:
+    """The last checkpoint of the unfinished run in ``cfg.output_dir``, after checking that the run can
+    resume: not finished, made with the same settings, a trainer that supports it."""
+    from spard.io import fingerprint_difference
+
+    out = Path(cfg.output_dir)
+    if (out / "metrics.json").exists():
+        raise ValueError(f"{out}: the run has finished; nothing to resume")
+    if not get_defense(cfg.defense, cfg).trainer_class.resumable:
+        raise ValueError(f"defense {cfg.defense!r} cannot resume from a checkpoint yet: train it again")
+    # a checkpoint is complete once spard_state.json is in it (written last); a kill mid-save leaves one without
+    complete = sorted((p for p in (out / "checkpoints").glob("checkpoint-*") if (p / "spard_state.json").exists()),
+                      key=lambda p: int(p.name.rsplit("-", 1)[1])) if (out / "checkpoints").is_dir() else []
+    if not complete:
+        raise ValueError(f"{out}: no complete checkpoint to resume from (train with --save-steps N to write them)")
+    found = complete[-1]
+    saved = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").exists() else None
+    now = to_dict(resolve_config(cfg))
+    if saved is not None:
+        for d in (saved, now):
+            d.pop("progress", None)
+        differs = fingerprint_difference(saved, now)
+        if differs:
+            raise ValueError(f"{out}: the run was started with other settings ({', '.join(differs)}); "
+                             "resume with the same ones, or train into another folder")
+    return Path(found)
+
+
+def run_training(cfg: TrainConfig, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Run one fine-tuning job as configured and return its metrics (also written to ``metrics.json``).
 
     Everything is checked before the output folder is touched (the defense's needs, the data). A folder
     that holds a finished run (``metrics.json``) is refused unless ``overwrite``; then the new run trains
     in a hidden sibling folder and replaces the old one only when it has finished. A run that fails in
-    a folder it created leaves nothing behind."""
+    a folder it created leaves nothing behind. ``resume`` continues an unfinished run from its last
+    checkpoint (``training.save_steps``), ending with the weights and step log an uninterrupted run has."""
     from accelerate import PartialState
 
     final = Path(cfg.output_dir)
     defense = get_defense(cfg.defense, cfg)
     defense.check()
     task = load_task_examples(cfg)  # bad data fails here, before anything is written
+    if resume:
+        checkpoint = find_resume_checkpoint(cfg)
+        logger.info("resuming %s from %s", final, checkpoint.name)
+        return _train(cfg, defense, task, final, PartialState(), resume_from=checkpoint)
     finished = (final / "metrics.json").exists()
     if finished and not overwrite:
         raise ValueError(f"{final} holds a finished run (metrics.json): choose another --output-dir, or pass --overwrite "
@@ -179,7 +214,8 @@ def run_training(cfg: TrainConfig, *, overwrite: bool = False) -> dict[str, Any]
     return metrics
 
 
-def _train(cfg: TrainConfig, defense: Any, task: list[Example], out: Path, state: Any) -> dict[str, Any]:
+def _train(cfg: TrainConfig, defense: Any, task: list[Example], out: Path, state: Any,
+           resume_from: Path | None = None) -> dict[str, Any]:
     """The run itself, writing into ``out`` (``config.yaml`` names ``cfg.output_dir``)."""
     from transformers import set_seed
 
@@ -187,7 +223,8 @@ def _train(cfg: TrainConfig, defense: Any, task: list[Example], out: Path, state
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").unlink(missing_ok=True)
-        (out / "train_log.jsonl").unlink(missing_ok=True)
+        if resume_from is None:
+            (out / "train_log.jsonl").unlink(missing_ok=True)
     resolved = resolve_config(cfg)
     selection_cfg = resolved.selection
     if main_process:
@@ -248,7 +285,9 @@ def _train(cfg: TrainConfig, defense: Any, task: list[Example], out: Path, state
         **defense.trainer_kwargs(heldout_ds),
     )
     train_started = time.perf_counter()
-    trainer.train()
+    if resume_from is not None:
+        trainer.resume_dir = resume_from
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
     train_seconds = time.perf_counter() - train_started
     post = defense.after_training(trainer.model)
     trainer.accelerator.wait_for_everyone()

@@ -70,10 +70,18 @@ class SPAGTrainer(SafetyTrainer):
         return total / count
 
     def on_train_start(self) -> None:
-        if self.tau is None:
+        if self.tau is None:  # (a resumed run restored it already)
             self.tau = self.mean_safe_loss()
             logger.info("SPAG tau=auto: starting model's mean safe loss is %.4f", self.tau)
-        self._safe_batches = self.batches(self.safe_dataset, self.spag.safe_batch_size, self.args.seed)
+        # one safe batch per update: a resumed run skips those its first part drew
+        self._safe_batches = self.batches(self.safe_dataset, self.spag.safe_batch_size, self.args.seed, skip=self.resumed_step)
+
+    def resume_state(self) -> dict[str, Any]:
+        return {"tau": self.tau}
+
+    def load_resume_state(self, state: dict[str, Any]) -> None:
+        if state.get("tau") is not None:
+            self.tau = float(state["tau"])  # tau=auto was measured on the starting weights, not the resumed ones
 
     def after_optimizer_step(self) -> dict[str, Any]:
         batch = next(self._safe_batches)
