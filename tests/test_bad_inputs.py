@@ -90,6 +90,9 @@ CASES = [
      "latin1.jsonl:1: not UTF-8"),
     ("select broken pool line", with_(SELECT, "--pool", "{w}/broken.jsonl", drop=("--pool",)), "broken.jsonl:2: invalid JSON"),
     ("select limit 0", with_(SELECT, "--limit", "0"), "--limit must be >= 1"),
+    ("select unknown embedding model (offline)",
+     with_(SELECT, "--method", "rd-dpp", "--embedding-model", "no-such/encoder", "--embedding-cache", "{w}/cache",
+           drop=("--method",)), "embedding model 'no-such/encoder'"),
     # ---- train: every range at parse time, data before the output folder, finished runs ----
     ("train max-steps 0", with_(TRAIN, "--max-steps", "0", drop=("--max-steps",)), "(option --max-steps)"),
     ("train negative lr", with_(TRAIN, "--lr", "-1"), "training.learning_rate: must be > 0, got -1.0 (option --lr)"),
@@ -113,6 +116,8 @@ CASES = [
     ("generate temperature 0", with_(GENERATE, "--sample", "--temperature", "0"), "generation.temperature: must be > 0"),
     ("generate missing data", with_(GENERATE, "--data", "{w}/nope.jsonl", drop=("--data",)), "nope.jsonl: file not found"),
     ("generate limit 0", with_(GENERATE, "--limit", "0"), "--limit must be >= 1"),
+    ("generate unknown hub model (offline)", with_(GENERATE, "--model", "no-such-org/no-such-model", drop=("--model",)),
+     "model 'no-such-org/no-such-model': not a local directory"),
     # ---- judge ----
     ("judge missing responses", with_(JUDGE, "--responses", "{w}/nope.jsonl", drop=("--responses",)), "no such responses file"),
     ("judge empty responses", with_(JUDGE, "--responses", "{w}/empty.jsonl", drop=("--responses",)), "--allow-empty"),

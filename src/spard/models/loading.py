@@ -169,10 +169,23 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False, padding_side: 
 
 
 def load_model(config: ModelConfig | str) -> tuple[Any, Any]:
-    """Return ``(model, tokenizer)``. A directory holding a PEFT adapter loads its base and the adapter."""
+    """Return ``(model, tokenizer)``. A directory holding a PEFT adapter loads its base and the adapter.
+    A name that is neither a local path, an alias nor a reachable hub id is a :class:`ModelNotFoundError`
+    naming it."""
+    config = ModelConfig(name=config) if isinstance(config, str) else config
+    try:
+        return _load_model(config)
+    except ModelNotFoundError:
+        raise
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFoundError(f"model {config.name!r}: not a local directory, .gguf file or alias "
+                                 f"({', '.join(MODEL_ALIASES)}), and it could not be loaded from the hub: {first}") from None
+
+
+def _load_model(config: ModelConfig) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM
 
-    config = ModelConfig(name=config) if isinstance(config, str) else config
     path = resolve_model_path(config.name)
     kwargs = {"dtype": _torch_dtype(config.dtype), "trust_remote_code": config.trust_remote_code}
     adapter_cfg = Path(path) / "adapter_config.json"

@@ -40,7 +40,12 @@ class SentenceEncoder:
     def __init__(self, path: str | Path, batch_size: int = 64, device: str | None = None, key: str | None = None):
         from sentence_transformers import SentenceTransformer
 
-        self.model = SentenceTransformer(str(path), device=device, trust_remote_code=False)
+        try:
+            self.model = SentenceTransformer(str(path), device=device, trust_remote_code=False)
+        except OSError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise FileNotFoundError(f"embedding model {str(path)!r}: not a local sentence-transformers folder, and "
+                                    f"it could not be loaded from the hub ({first}); use minilm, base or a local path") from None
         self.batch_size = batch_size
         self.key = key or f"st:{path}"
 
