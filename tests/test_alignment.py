@@ -91,3 +91,22 @@ def test_report_puts_over_refusal_beside_the_runs():
     lines = over_refusal_table(rows, starts)
     assert "| start model: m | 1 | 90.0% |" in lines and "| sft | 2 | 30.0% |" in lines and "| lisa | 1 | 100.0% |" in lines
     assert over_refusal_table([{"label": "sft"}], []) == []
+
+
+def test_the_replication_config_aligns_discriminatingly_and_measures_over_refusal():
+    from pathlib import Path
+
+    from spard.bench.config import eval_config, expand
+    from spard.bench.runner import load_bench_config
+    from spard.training.align import _check_not_trained_on
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_bench_config(root / "configs" / "replication.yaml")
+    align = from_dict(AlignConfig, cfg.align, "align")
+    _check_not_trained_on(align)  # no check set is trained on
+    assert {Path(p).stem for p in align.check_benign} == {"xstest_safe", "alpaca_seed"}
+    trained = {Path(s.path).parent.name for s in align.sources()}
+    assert not trained & {"sst2", "agnews", "benign"}  # never the tasks later grids fine-tune on, nor eval-only sets
+    assert {Path(p).stem for p in eval_config(cfg).benign} == {"xstest_safe", "alpaca_seed"}
+    assert eval_config(cfg).judges[0].startswith("probe:")  # the primary ASR judge
+    assert len(expand(cfg, "/aligned", "base", "0" * 64)) == 44
