@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from spard.config import config_hash, from_dict, load_yaml, merge, to_dict
-from spard.evaluation.stats import format_rate
+from spard.evaluation.stats import format_rate, rate_with_interval
 from spard.io import atomic_write_json, atomic_write_text
 from spard.training.align import AlignConfig, run_alignment
 
@@ -49,10 +49,7 @@ def run(variant: str) -> None:
 
 
 def table() -> None:
-    rows, lines = [], []
-    for report in sorted(OUT.glob("*/alignment.json")):
-        r = json.loads(report.read_text())
-        rows.append(r)
+    rows = [json.loads(report.read_text()) for report in sorted(OUT.glob("*/alignment.json"))]
     if not rows:
         return
 
@@ -66,11 +63,9 @@ def table() -> None:
     def refusal(side: dict) -> str:
         ivs = [v for name, v in side.get("intervals", {}).items() if name not in ("xstest_safe", "alpaca_seed")]
         k, n = sum(v["k"] for v in ivs), sum(v["n"] for v in ivs)
-        from spard.evaluation.stats import rate_with_interval
-
         return format_rate(rate_with_interval(k, n)) if n else "n/a"
 
-    lines += ["| model | refusals in the mix | harmful refused (4 eval families) | complies, xstest_safe | complies, alpaca_seed | train min |",
+    lines = ["| model | refusals in the mix | harmful refused (4 eval families) | complies, xstest_safe | complies, alpaca_seed | train min |",
               "|---|---|---|---|---|---|"]
     start = rows[0]["before"]
     lines.append(f"| SmolLM2-135M-Instruct as shipped | - | {refusal(start)} | {compliance(start, 'xstest_safe')} "

@@ -197,6 +197,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from spard.evaluation.generation import GenerationConfig, generate_responses
     from spard.io import check_output
     from spard.models import load_model
+    from spard.models.loading import model_fingerprint
 
     values = {dest.split(".", 1)[1]: v for dest, v in _overrides(args, GENERATION_FLAGS).items()}
     values["do_sample"] = args.sample
@@ -207,8 +208,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if cfg.system_prompt is None:
         cfg.system_prompt, _ = saved_eval_system_prompt(args.model)
     examples = load_examples(args.data, FieldMap(prompt=args.prompt_field, target=None), limit=args.limit)
-    from spard.models.loading import model_fingerprint
-
     model_id = model_fingerprint(args.model)
     model, tokenizer = load_model(args.model)
     rows = generate_responses(model, tokenizer, examples, cfg, output=args.output, model_id=model_id,
@@ -247,9 +246,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
     if not rows and not args.allow_empty:
         raise ValueError(f"{responses}: no responses to judge (pass --allow-empty to accept that)")
     specs = args.judge or ["keyword"]
-    for spec in specs:
-        name = "probe" if spec.startswith("probe:") else spec  # the judge's name, as its output file uses it
-        check_output(_judge_output(args.output, name, len(specs) > 1), inputs=(responses,))
+    check_output(args.output, inputs=(responses,))  # per-judge outputs (several judges) sit beside it
     llm = _llm_config(args)
     results = {}
     for spec in specs:
@@ -607,8 +604,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-#: Every flag that sets a config field, by the field's dotted name, for error messages.
 def _flag_names() -> dict[str, str]:
+    """Every flag that sets a config field, by the field's dotted name, for error messages."""
     out: dict[str, str] = {}
     for flags in (TRAIN_FLAGS, EVAL_FLAGS, GENERATION_FLAGS, LLM_FLAGS, ALIGN_FLAGS):
         for flag, dest, _, _ in flags:

@@ -123,7 +123,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "TrainingSettings.max_steps": ((lambda v: v == -1 or v > 0), "-1 (train for `epochs`) or > 0"),
     "TrainingSettings.batch_size": _COUNT, "TrainingSettings.gradient_accumulation_steps": _COUNT,
     "TrainingSettings.warmup_steps": _NONNEG, "TrainingSettings.weight_decay": _NONNEG,
-    "TrainingSettings.max_grad_norm": ((lambda v: v >= 0), ">= 0 (0 = no clipping)"), "TrainingSettings.logging_steps": _COUNT, "TrainingSettings.save_steps": _NONNEG,
+    "TrainingSettings.max_grad_norm": ((lambda v: v >= 0), ">= 0 (0 = no clipping)"),
+    "TrainingSettings.logging_steps": _COUNT, "TrainingSettings.save_steps": _NONNEG,
     "DataConfig.harmful_ratio": _NONNEG, "DataConfig.task_limit": _optional(_COUNT), "DataConfig.max_length": _at_least(8),
     "SelectionConfig.ratio": _UNIT, "SelectionConfig.min_k": _NONNEG, "SelectionConfig.k": _optional(_COUNT),
     "SelectionConfig.beta": _NONNEG, "SelectionConfig.eps": _POSITIVE, "SelectionConfig.embedding_batch_size": _COUNT,
@@ -147,8 +148,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 
 def check_ranges(obj: Any, where: str = "config") -> None:
-    """Raise :class:`ConfigError` naming ``where.field`` for the first numeric setting of ``obj`` (and of
-    its nested configs) outside its documented range (:data:`RANGES`)."""
+    """Raise :class:`ConfigError` naming ``where.field`` for the first numeric setting of ``obj`` outside
+    its documented range (:data:`RANGES`). Nested configs are checked when :func:`from_dict` builds them."""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         rule = RANGES.get(f"{type(obj).__name__}.{f.name}")

@@ -62,23 +62,19 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     if path.is_dir():
         raise IsADirectoryError(21, "is a directory, not a JSONL file", str(path))
     with path.open("rb") as fh:
-        raw_lines = fh.readlines()
-    lines = []
-    for i, raw in enumerate(raw_lines):
+        lines = fh.readlines()
+    for i, raw in enumerate(lines):
+        torn = i == len(lines) - 1 and not raw.endswith(b"\n")
         try:
-            lines.append(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise ValueError(f"{path}:{i + 1}: not UTF-8 text") from None
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            yield json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1 and not line.endswith("\n"):
+            line = raw.decode("utf-8")
+            if line.strip():
+                yield json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            if torn:
                 logger.warning("%s: ignoring a partial last line (interrupted write)", path)
                 continue
-            raise ValueError(f"{path}:{i + 1}: invalid JSON line") from None
+            problem = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "invalid JSON line"
+            raise ValueError(f"{path}:{i + 1}: {problem}") from None
 
 
 class JsonlAppender:

@@ -42,8 +42,7 @@ class LisaTrainer(SafetyTrainer):
         self._anchor: list[torch.Tensor] | None = None
         self._state: str | None = None
         self._deferred: deque[Any] = deque()
-        self._proximal = 0.0
-        self._micro_proximal = 0.0
+        self._micro_proximal = 0.0  # the proximal term's value in the current micro-step
 
     def state_at(self, step: int) -> str:
         """``alignment`` or ``finetune`` for the 0-based update ``step``; cycles start with alignment."""
@@ -85,7 +84,7 @@ class LisaTrainer(SafetyTrainer):
         loss = out[0] if return_outputs else out
         # training_step divides the loss by the accumulation steps: the term adds up to one per update
         prox = proximal_term(self.trainable_parameters(), self._anchor, self.lisa.rho)
-        self._micro_proximal = self._proximal = float(prox.detach())
+        self._micro_proximal = float(prox.detach())
         loss = loss + prox.to(loss.dtype)
         return (loss, *out[1:]) if return_outputs else loss
 
@@ -93,9 +92,7 @@ class LisaTrainer(SafetyTrainer):
         with torch.no_grad():
             distance = sum(float((p.detach() - a).float().pow(2).sum()) for p, a in zip(
                 self.trainable_parameters(), self._anchor, strict=True)) ** 0.5
-        row = {"state": self._state, "distance_to_switch": distance, "proximal": self._proximal}
-        self._proximal = 0.0
-        return row
+        return {"state": self._state, "distance_to_switch": distance, "proximal": self._micro_proximal}
 
     def summary(self) -> dict[str, Any]:
         out = super().summary()

@@ -19,10 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spard.config import config_hash
+from spard.config import config_hash, to_dict
 from spard.data.records import FieldMap, load_examples
 from spard.evaluation.generation import GenerationConfig, generate_responses
-from spard.evaluation.judges import LLMJudgeConfig, agreement, attack_success_rate, make_judge
+from spard.evaluation.judges import (
+    LLMJudgeConfig,
+    agreement,
+    attack_success_rate,
+    judge_fingerprint,
+    make_judge,
+)
 from spard.evaluation.judges.keyword import is_refusal
 from spard.evaluation.judging import as_verdicts, judge_rows
 from spard.evaluation.loss import response_nll
@@ -73,36 +79,14 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:80] or "judge"
 
 
-def judge_spec_fingerprint(spec: str, llm: LLMJudgeConfig) -> dict[str, Any]:
-    """What decides a judge's verdicts, from its spec, without loading it (no API key needed)."""
-    kind, _, arg = spec.partition(":")
-    if kind == "keyword":
-        from spard.evaluation.judges.keyword import KeywordJudge
-
-        return KeywordJudge().fingerprint
-    if kind == "probe":
-        from spard.models.loading import file_sha256
-
-        weights = Path(arg) / "probe.safetensors"
-        return {"judge": "probe", "weights_sha256": file_sha256(weights) if weights.is_file() else None}
-    if kind == "llm":
-        from spard.evaluation.judges.llm import RUBRIC_VERSION
-
-        return {"judge": spec, "model": arg or llm.model, "base_url": llm.base_url, "threshold": llm.threshold,
-                "rubric_version": RUBRIC_VERSION, "max_tokens": llm.max_tokens}
-    return {"judge": spec}
-
-
 def eval_fingerprint(cfg: EvalConfig) -> dict[str, Any]:
     """Every evaluation setting that decides the numbers, the model aside (the data files, limits,
     decoding, judges with their versions); :func:`eval_key` hashes it."""
-    from spard.config import to_dict
-
     settings = to_dict(cfg)
     for name in ("model", "output_dir", "progress", "llm"):
         settings.pop(name)
     settings["generation"].pop("batch_size")
-    settings["judges"] = [judge_spec_fingerprint(spec, cfg.llm) for spec in cfg.judges]
+    settings["judges"] = [judge_fingerprint(spec, cfg.llm) for spec in cfg.judges]
     return settings
 
 

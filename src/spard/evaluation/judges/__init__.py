@@ -1,6 +1,7 @@
 """Harmfulness judges behind one interface; build one from a spec with :func:`make_judge`.
 
-Specs: ``keyword`` (the refusal rule; ``keyword:v1`` is the superseded rule, for measuring it); ``probe:DIR``; ``llm`` or ``llm:MODEL`` (OpenAI-compatible endpoint, settings in
+Specs: ``keyword`` (the refusal rule; ``keyword:v1`` is the superseded rule, for measuring it);
+``probe:DIR``; ``llm`` or ``llm:MODEL`` (OpenAI-compatible endpoint, settings in
 :class:`LLMJudgeConfig`); ``classifier:ID``.
 """
 
@@ -41,4 +42,25 @@ def make_judge(spec: str, llm_config: LLMJudgeConfig | None = None) -> Judge:
     raise ValueError(f"unknown judge {spec!r}: use keyword, probe:DIR, llm[:MODEL] or classifier:ID")
 
 
-__all__ = ["Judge", "KeywordJudge", "LLMJudge", "LLMJudgeConfig", "Verdict", "agreement", "attack_success_rate", "make_judge"]
+def judge_fingerprint(spec: str, llm_config: LLMJudgeConfig | None = None) -> dict:
+    """The fingerprint the judge ``spec`` would have (:attr:`Judge.fingerprint`), without loading a model
+    or needing an API key: what an evaluation's ``eval_key`` records for it."""
+    kind, _, arg = spec.partition(":")
+    if kind == "keyword":
+        return make_judge(spec).fingerprint  # no model behind it
+    if kind == "probe":
+        from spard.evaluation.judges.probe import probe_fingerprint
+
+        return probe_fingerprint(arg)
+    if kind == "llm":
+        from dataclasses import replace
+
+        from spard.evaluation.judges.llm import llm_fingerprint
+
+        cfg = llm_config or LLMJudgeConfig()
+        return llm_fingerprint(replace(cfg, model=arg) if arg else cfg)
+    return {"judge": spec}
+
+
+__all__ = ["Judge", "KeywordJudge", "LLMJudge", "LLMJudgeConfig", "Verdict", "agreement", "attack_success_rate", "judge_fingerprint",
+           "make_judge"]

@@ -97,6 +97,12 @@ class LLMJudgeConfig:
     max_tokens: int = 256
 
 
+def llm_fingerprint(cfg: LLMJudgeConfig) -> dict:
+    """What decides an LLM judge's verdicts (never the key): model, endpoint, threshold, rubric, reply length."""
+    return {"judge": f"llm:{cfg.model}", "base_url": cfg.base_url, "threshold": cfg.threshold,
+            "rubric_version": RUBRIC_VERSION, "max_tokens": cfg.max_tokens}
+
+
 class LLMJudge(Judge):
     def __init__(self, config: LLMJudgeConfig | None = None):
         from openai import OpenAI
@@ -113,9 +119,7 @@ class LLMJudge(Judge):
 
     @property
     def fingerprint(self) -> dict:
-        cfg = self.config
-        return {"judge": self.name, "base_url": cfg.base_url, "threshold": cfg.threshold,
-                "rubric_version": RUBRIC_VERSION, "max_tokens": cfg.max_tokens}
+        return llm_fingerprint(self.config)
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret and self._secret != "none" else text

@@ -161,14 +161,24 @@ def fit_probe(
     return final
 
 
+def probe_fingerprint(directory: str | Path) -> dict[str, Any]:
+    """What decides a probe's verdicts: its weights (sha256), threshold and features; ``None`` values
+    while no probe is saved in ``directory`` yet."""
+    from spard.models.loading import file_sha256
+
+    directory = Path(directory)
+    if not Probe.is_saved(directory):
+        return {"judge": "probe", "weights_sha256": None}
+    meta = json.loads((directory / "probe.json").read_text())
+    return {"judge": "probe", "weights_sha256": file_sha256(directory / "probe.safetensors"),
+            "threshold": meta.get("threshold", 0.5), "features": meta.get("features", "tfidf")}
+
+
 class ProbeJudge(Judge):
     def __init__(self, directory: str | Path):
-        from spard.models.loading import file_sha256
-
         self.probe = Probe.load(directory)
         self.name = "probe"
-        self._fingerprint = {"judge": "probe", "weights_sha256": file_sha256(Path(directory) / "probe.safetensors"),
-                             "threshold": self.probe.threshold, "features": self.probe.features}
+        self._fingerprint = probe_fingerprint(directory)
 
     @property
     def fingerprint(self) -> dict[str, Any]:
