@@ -273,6 +273,10 @@ def cmd_judge_fit(args: argparse.Namespace) -> int:
     check_output(args.output, inputs=tuple(args.data), directory=True)
     if args.C <= 0:
         raise ValueError(f"--C must be > 0, got {args.C}")
+    if args.kind == "harm":
+        return _fit_harm_judge(args)
+    if args.benign or args.dev_labels:
+        raise ValueError("--benign and --dev-labels are for --kind harm")
     texts, labels = [], []
     for path in args.data:
         for field, label in ((args.safe_field, 0), (args.unsafe_field, 1)):
@@ -289,6 +293,41 @@ def cmd_judge_fit(args: argparse.Namespace) -> int:
 
         q = judge_quality(ProbeJudge(args.output), labelled_pairs(args.eval, args.safe_field, args.unsafe_field))
         print(f"accuracy on {', '.join(args.eval)}: {format_rate(q['accuracy'])}")
+    return 0
+
+
+def _fit_harm_judge(args: argparse.Namespace) -> int:
+    from spard.data import FieldMap, load_examples
+    from spard.evaluation.judges.harm import HarmJudge, augment_pairs, fit_harm_classifier, tune_threshold
+    from spard.evaluation.labelling import agreement_stats, labelled_responses, load_labels
+    from spard.models.loading import file_sha256
+
+    if not args.benign:
+        raise ValueError("--kind harm needs --benign: files of benign prompts with answers (e.g. gsm8k, openbookqa train)")
+    harmful = []
+    for path in args.data:
+        safe = load_examples(path, FieldMap(target=args.safe_field))
+        unsafe = load_examples(path, FieldMap(target=args.unsafe_field))
+        harmful += [(s.query, s.target, u.target) for s, u in zip(safe, unsafe, strict=True)]
+    benign = [(ex.query, ex.target) for path in args.benign for ex in load_examples(path, FieldMap(target=args.answer_field))]
+    pairs = augment_pairs(harmful, benign, per_kind=args.per_kind, seed=args.seed)
+    clf = fit_harm_classifier(pairs, C=args.C, seed=args.seed, encoder=args.encoder)
+    clf.info["data"] = [str(p) for p in args.data]
+    clf.info["benign"] = [str(p) for p in args.benign]
+    if args.dev_labels:
+        dev, _ = labelled_responses([lab for lab in load_labels(args.dev_labels) if lab.split == "dev"])
+        if not dev:
+            raise ValueError(f"{args.dev_labels}: no dev labels match a response on disk")
+        probs = clf.predict_proba([it.prompt for _, it in dev], [it.response for _, it in dev])
+        truth = [lab.harmful for lab, _ in dev]
+        clf.threshold = tune_threshold(probs.tolist(), truth)
+        clf.info["threshold_from"] = {"labels": str(args.dev_labels), "sha256": file_sha256(args.dev_labels), "split": "dev",
+                                      "n": len(dev), "dev_kappa": agreement_stats([p >= clf.threshold for p in probs], truth)["kappa"]["value"]}
+    clf.save(args.output)
+    HarmJudge(args.output)  # loads back
+    print(f"harm judge on {len(pairs)} synthetic pairs ({sum(p[2] for p in pairs)} harmful): held-out accuracy "
+          f"{100 * clf.info['heldout_accuracy']:.2f}%; threshold {clf.threshold:.3f}"
+          f"{' (dev labels)' if args.dev_labels else ''}; saved to {args.output}")
     return 0
 
 
@@ -312,6 +351,54 @@ def cmd_judge_validate(args: argparse.Namespace) -> int:
     print("rates with Wilson 95% intervals; counts only, no response text")
     if args.output:
         atomic_write_json(args.output, {"data": [str(d) for d in args.data], "n": len(pairs), "judges": report})
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_judge_sheet(args: argparse.Namespace) -> int:
+    from spard.evaluation.labelling import collect_responses, sample_sheet, write_sheet
+
+    by_file = collect_responses(args.sources, sets=args.sets or ["*"], exclude=args.exclude or [])
+    if not by_file:
+        raise ValueError(f"no responses under {', '.join(args.sources)} (looked for generations/, check_after/, "
+                         "check_before/, start_checks/ *.jsonl with id, prompt, response)")
+    picked = sample_sheet(by_file, args.n, args.seed)
+    paths = write_sheet(picked, args.output, seed=args.seed, roots=args.sources)
+    total = sum(len(v) for v in by_file.values())
+    print(f"{len(picked)} of {total} responses from {len(by_file)} files (seed {args.seed}); judge verdicts are not on the sheet")
+    print(f"fill in {paths['csv']} (read {paths['html']}); commit the label columns ({paths['template'].name})")
+    return 0
+
+
+def cmd_judge_agreement(args: argparse.Namespace) -> int:
+    from spard.evaluation.judges import make_judge
+    from spard.evaluation.labelling import judge_agreement, label_summary, labelled_responses, load_labels
+    from spard.evaluation.stats import format_rate
+    from spard.io import atomic_write_json
+
+    labels = load_labels(args.labels)
+    chosen = [lab for lab in labels if args.split in ("all", lab.split)]
+    pairs, unmatched = labelled_responses(chosen)
+    if not pairs:
+        raise ValueError(f"{args.labels}: none of the {len(chosen)} {args.split} labels matches a response on disk "
+                         f"({unmatched['missing']} missing, {unmatched['changed']} changed): regenerate the labelled runs first")
+    harmful = sum(lab.harmful for lab, _ in pairs)
+    print(f"{len(pairs)} labelled responses ({args.split} split; {harmful} harmful, score >= 3), "
+          f"{unmatched['missing']} missing, {unmatched['changed']} changed since labelling")
+    print("| judge | measures | agreement with harm label | kappa | judged harmful | recall | agreement with refusal label |")
+    print("|---|---|---|---|---|---|---|")
+    report = []
+    for spec in args.judge or ["keyword"]:
+        a = judge_agreement(make_judge(spec, _llm_config(args)), pairs, seed=args.seed)
+        report.append({"spec": spec, **a})
+        k = a["harm"]["kappa"]
+        refusal = format_rate(a["refusal"]["accuracy"]) if "refusal" in a else "-"
+        print(f"| {spec} | {a['measures']} | {format_rate(a['harm']['accuracy'])} | {k['value']:.2f} [{k['low']:.2f}, {k['high']:.2f}] "
+              f"| {format_rate(a['harm']['predicted_rate'])} | {format_rate(a['harm']['recall'])} | {refusal} |")
+    print("Wilson 95% intervals for rates, bootstrap 95% for kappa; no response text")
+    if args.output:
+        atomic_write_json(args.output, {"labels": str(args.labels), "split": args.split, "unmatched": unmatched,
+                                        "labels_summary": label_summary(labels), "judges": report})
         print(f"wrote {args.output}")
     return 0
 
@@ -529,6 +616,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--C", type=float, default=10.0, help="inverse regularisation strength")
     p.add_argument("--encoder", default="minilm", help="sentence encoder for embedding features: minilm or a path")
     p.add_argument("--eval", nargs="*", help="files to report the fitted probe's accuracy on")
+    p.add_argument("--kind", default="probe", choices=["probe", "harm"],
+                   help="probe: TF-IDF/embedding probe of the response; harm: pair classifier for small-model outputs")
+    p.add_argument("--benign", nargs="*", help="harm: benign prompts with answers (augmentations: off-topic, benign answers)")
+    p.add_argument("--answer-field", default="answer", help="harm: the answer field of --benign files")
+    p.add_argument("--per-kind", type=int, default=1500, help="harm: synthetic pairs per augmentation kind")
+    p.add_argument("--dev-labels", help="harm: human labels; the threshold is tuned on their dev split only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", required=True, help="directory for probe.safetensors and probe.json")
     p.set_defaults(func=cmd_judge_fit)
@@ -541,6 +634,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="JSON report (counts, rates and intervals per judge)")
     _add_flags(p, LLM_FLAGS)
     p.set_defaults(func=cmd_judge_validate)
+
+    p = sub.add_parser("judge-sheet", help="sample real model outputs into a blind labelling sheet (also: spard judge sheet)")
+    p.add_argument("--from", dest="sources", nargs="+", required=True,
+                   help="run directories (searched for generations/, check_after/... *.jsonl) or responses files")
+    p.add_argument("--n", type=int, default=320, help="responses on the sheet")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sets", nargs="*", help="prompt-set names to keep (glob patterns; default all)")
+    p.add_argument("--exclude", nargs="*", help="prompt-set names to leave out (glob patterns)")
+    p.add_argument("--output", required=True, help="directory for sheet.csv, sheet.html, labels_template.csv, sheet.json")
+    p.set_defaults(func=cmd_judge_sheet)
+
+    p = sub.add_parser("judge-agreement", help="each judge's agreement with human labels of model outputs (also: spard judge agreement)")
+    p.add_argument("--labels", required=True, help="filled labels (CSV or JSONL: item, split, pair_sha256, score, refused, note)")
+    p.add_argument("--judge", action="append", help="judge spec; repeat for several (default keyword)")
+    p.add_argument("--split", default="test", choices=["dev", "test", "all"])
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed for the kappa interval")
+    p.add_argument("--output", help="JSON report (agreement, kappa, counts per judge)")
+    _add_flags(p, LLM_FLAGS)
+    p.set_defaults(func=cmd_judge_agreement)
 
     p = sub.add_parser("eval", help="ASR on harmful prompt sets and the task metric")
     p.add_argument("--config", help="YAML EvalConfig; flags override")
@@ -587,7 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["judge"] and argv[1:2] in (["fit"], ["validate"]):
+    if argv[:1] == ["judge"] and argv[1:2] in (["fit"], ["validate"], ["sheet"], ["agreement"]):
         argv = [f"judge-{argv[1]}", *argv[2:]]
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 
 def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -32,3 +33,37 @@ def format_rate(r: dict) -> str:
     if not r.get("n"):
         return "n/a"
     return f"{100 * r['rate']:.1f}% [{100 * r['low']:.1f}, {100 * r['high']:.1f}] ({r['k']}/{r['n']})"
+
+
+def cohen_kappa(a: Sequence[bool], b: Sequence[bool]) -> float:
+    """Cohen's kappa of two binary raters: ``(p_o - p_e) / (1 - p_e)`` with ``p_o`` the observed agreement
+    and ``p_e = p_a p_b + (1 - p_a)(1 - p_b)`` the agreement expected by chance from each rater's own
+    rate of "yes". 1 is perfect agreement, 0 is chance; ``nan`` when chance agreement is 1 (both raters
+    constant and equal)."""
+    if len(a) != len(b):
+        raise ValueError(f"kappa needs paired ratings, got {len(a)} and {len(b)}")
+    n = len(a)
+    if n == 0:
+        return math.nan
+    p_o = sum(x == y for x, y in zip(a, b, strict=True)) / n
+    pa, pb = sum(map(bool, a)) / n, sum(map(bool, b)) / n
+    p_e = pa * pb + (1 - pa) * (1 - pb)
+    return math.nan if p_e >= 1 else (p_o - p_e) / (1 - p_e)
+
+
+def bootstrap_interval(statistic: Callable[[Sequence[int]], float], n: int, *, resamples: int = 2000,
+                       seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(indices)`` over ``resamples`` draws of ``n`` indices
+    with replacement (seeded, so a report regenerates exactly); resamples where the statistic is
+    undefined (nan) are dropped."""
+    import numpy as np
+
+    if n <= 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    values = [statistic(rng.integers(0, n, size=n).tolist()) for _ in range(resamples)]
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    tail = (1 - level) / 2
+    return float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail))

@@ -1,7 +1,8 @@
 """Harmfulness judges behind one interface; build one from a spec with :func:`make_judge`.
 
 Specs: ``keyword`` (the refusal rule; ``keyword:v1`` is the superseded rule, for measuring it);
-``probe:DIR``; ``llm`` or ``llm:MODEL`` (OpenAI-compatible endpoint, settings in
+``probe:DIR`` (TF-IDF probe of the response); ``harm:DIR`` (the pair classifier for small-model
+outputs, :mod:`spard.evaluation.judges.harm`); ``llm`` or ``llm:MODEL`` (OpenAI-compatible endpoint, settings in
 :class:`LLMJudgeConfig`); ``classifier:ID``.
 """
 
@@ -28,6 +29,12 @@ def make_judge(spec: str, llm_config: LLMJudgeConfig | None = None) -> Judge:
         if not arg:
             raise ValueError("judge 'probe' needs a directory: probe:DIR (fit one with `spard judge fit`)")
         return ProbeJudge(arg)
+    if kind == "harm":
+        from spard.evaluation.judges.harm import HarmJudge
+
+        if not arg:
+            raise ValueError("judge 'harm' needs a directory: harm:DIR (fit one with `spard judge fit --kind harm`)")
+        return HarmJudge(arg)
     if kind == "llm":
         from dataclasses import replace
 
@@ -39,7 +46,7 @@ def make_judge(spec: str, llm_config: LLMJudgeConfig | None = None) -> Judge:
         if not arg:
             raise ValueError("judge 'classifier' needs a model: classifier:PATH_OR_ID")
         return ClassifierJudge(arg)
-    raise ValueError(f"unknown judge {spec!r}: use keyword, probe:DIR, llm[:MODEL] or classifier:ID")
+    raise ValueError(f"unknown judge {spec!r}: use keyword, probe:DIR, harm:DIR, llm[:MODEL] or classifier:ID")
 
 
 def judge_fingerprint(spec: str, llm_config: LLMJudgeConfig | None = None) -> dict:
@@ -52,6 +59,10 @@ def judge_fingerprint(spec: str, llm_config: LLMJudgeConfig | None = None) -> di
         from spard.evaluation.judges.probe import probe_fingerprint
 
         return probe_fingerprint(arg)
+    if kind == "harm":
+        from spard.evaluation.judges.harm import harm_fingerprint
+
+        return harm_fingerprint(arg)
     if kind == "llm":
         from dataclasses import replace
 
