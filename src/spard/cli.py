@@ -297,8 +297,19 @@ def cmd_judge_fit(args: argparse.Namespace) -> int:
 
 
 def _fit_harm_judge(args: argparse.Namespace) -> int:
+    import random
+
     from spard.data import FieldMap, load_examples
-    from spard.evaluation.judges.harm import HarmJudge, augment_pairs, fit_harm_classifier, tune_threshold
+    from spard.evaluation.judges.harm import (
+        HarmClassifier,
+        HarmFitConfig,
+        HarmJudge,
+        adapt_harm_classifier,
+        augment_pairs,
+        cross_fit_threshold,
+        fit_harm_classifier,
+        tune_threshold,
+    )
     from spard.evaluation.labelling import agreement_stats, labelled_responses, load_labels
     from spard.models.loading import file_sha256
 
@@ -311,23 +322,40 @@ def _fit_harm_judge(args: argparse.Namespace) -> int:
         harmful += [(s.query, s.target, u.target) for s, u in zip(safe, unsafe, strict=True)]
     benign = [(ex.query, ex.target) for path in args.benign for ex in load_examples(path, FieldMap(target=args.answer_field))]
     pairs = augment_pairs(harmful, benign, per_kind=args.per_kind, seed=args.seed)
-    clf = fit_harm_classifier(pairs, C=args.C, seed=args.seed, encoder=args.encoder)
-    clf.info["data"] = [str(p) for p in args.data]
-    clf.info["benign"] = [str(p) for p in args.benign]
+    if args.init:
+        clf = HarmClassifier.load(args.init)
+        base = args.init
+    else:
+        clf = fit_harm_classifier(pairs, HarmFitConfig(backbone=args.encoder, epochs=args.epochs, seed=args.seed))
+        clf.info.update(data=[str(p) for p in args.data], benign=[str(p) for p in args.benign], per_kind=args.per_kind)
+        base = clf.save(Path(args.output) / "synthetic")  # the stage before any human label, kept for comparison
+    if args.adapt_on_dev and not args.dev_labels:
+        raise ValueError("--adapt-on-dev needs --dev-labels")
     if args.dev_labels:
         dev, _ = labelled_responses([lab for lab in load_labels(args.dev_labels) if lab.split == "dev"])
         if not dev:
             raise ValueError(f"{args.dev_labels}: no dev labels match a response on disk")
-        probs = clf.predict_proba([it.prompt for _, it in dev], [it.response for _, it in dev])
         truth = [lab.harmful for lab, _ in dev]
-        clf.threshold = tune_threshold(probs.tolist(), truth)
-        clf.info["threshold_from"] = {"labels": str(args.dev_labels), "sha256": file_sha256(args.dev_labels), "split": "dev",
-                                      "n": len(dev), "dev_kappa": agreement_stats([p >= clf.threshold for p in probs], truth)["kappa"]["value"]}
+        provenance = {"labels": str(args.dev_labels), "sha256": file_sha256(Path(args.dev_labels)), "split": "dev", "n": len(dev)}
+        if args.adapt_on_dev:
+            labelled = [(it.prompt, it.response, int(lab.harmful)) for lab, it in dev]
+            replay = [p[:3] for p in random.Random(args.seed).sample(pairs, min(len(pairs), 2 * len(labelled)))]
+            threshold, oof = cross_fit_threshold(lambda: HarmClassifier.load(base), labelled, seed=args.seed, replay=replay)
+            clf = adapt_harm_classifier(HarmClassifier.load(base), labelled, seed=args.seed, replay=replay)
+            provenance["dev_out_of_fold_kappa"] = agreement_stats([p >= threshold for p in oof], truth)["kappa"]["value"]
+        else:
+            probs = clf.predict_proba([it.prompt for _, it in dev], [it.response for _, it in dev])
+            threshold = tune_threshold(probs.tolist(), truth)
+            provenance["dev_kappa"] = agreement_stats([p >= threshold for p in probs], truth)["kappa"]["value"]
+        clf.threshold = threshold
+        clf.info["threshold_from"] = provenance
     clf.save(args.output)
     HarmJudge(args.output)  # loads back
-    print(f"harm judge on {len(pairs)} synthetic pairs ({sum(p[2] for p in pairs)} harmful): held-out accuracy "
-          f"{100 * clf.info['heldout_accuracy']:.2f}%; threshold {clf.threshold:.3f}"
-          f"{' (dev labels)' if args.dev_labels else ''}; saved to {args.output}")
+    held = clf.info.get("heldout_accuracy")
+    origin = f"from {args.init}" if args.init else f"on {len(pairs)} synthetic pairs ({sum(p[2] for p in pairs)} harmful)"
+    print(f"harm judge ({clf.info.get('backbone', args.encoder)}) {origin}: held-out synthetic accuracy "
+          f"{'n/a' if held is None else f'{100 * held:.2f}%'}; threshold {clf.threshold:.3f}"
+          f"{' (dev labels)' if args.dev_labels else ''}{', adapted on dev' if args.adapt_on_dev else ''}; saved to {args.output}")
     return 0
 
 
@@ -614,14 +642,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unsafe-field", default="unsafe")
     p.add_argument("--features", default="tfidf", help="tfidf, embedding or tfidf+embedding")
     p.add_argument("--C", type=float, default=10.0, help="inverse regularisation strength")
-    p.add_argument("--encoder", default="minilm", help="sentence encoder for embedding features: minilm or a path")
+    p.add_argument("--encoder", default="minilm", help="probe: sentence encoder for embedding features; harm: the cross-encoder's "
+                   "backbone (minilm or a model path)")
     p.add_argument("--eval", nargs="*", help="files to report the fitted probe's accuracy on")
     p.add_argument("--kind", default="probe", choices=["probe", "harm"],
                    help="probe: TF-IDF/embedding probe of the response; harm: pair classifier for small-model outputs")
     p.add_argument("--benign", nargs="*", help="harm: benign prompts with answers (augmentations: off-topic, benign answers)")
     p.add_argument("--answer-field", default="answer", help="harm: the answer field of --benign files")
-    p.add_argument("--per-kind", type=int, default=1500, help="harm: synthetic pairs per augmentation kind")
+    p.add_argument("--per-kind", type=int, default=600, help="harm: synthetic pairs per augmentation kind")
+    p.add_argument("--epochs", type=float, default=1.0, help="harm: fine-tuning epochs over the synthetic pairs")
     p.add_argument("--dev-labels", help="harm: human labels; the threshold is tuned on their dev split only")
+    p.add_argument("--adapt-on-dev", action="store_true",
+                   help="harm: also fine-tune on the dev labels (threshold by 2-fold cross-fitting on dev)")
+    p.add_argument("--init", help="harm: start from this fitted judge instead of fitting on the synthetic pairs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", required=True, help="directory for probe.safetensors and probe.json")
     p.set_defaults(func=cmd_judge_fit)

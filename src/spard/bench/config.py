@@ -59,6 +59,9 @@ class BenchConfig:
     #: for ``@aligned``, ``start/<model>/eval`` otherwise). Its answer NLL is the zero of the
     #: "task gain kept" column: how much of plain fine-tuning's task gain a defense keeps.
     evaluate_start: bool = True
+    #: a ``spard judge agreement --output`` report: each judge's agreement with human labels of real
+    #: model outputs, shown above the ASR tables
+    judge_quality: str | None = None
 
 
 @dataclass(frozen=True)

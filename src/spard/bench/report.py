@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import statistics
 from collections import defaultdict
@@ -276,16 +277,37 @@ def over_refusal_table(rows: Sequence[dict[str, Any]], starts: Sequence[dict[str
     return lines + [""]
 
 
+def judge_quality_table(report: dict[str, Any] | None, source: str = "") -> list[str]:
+    """Each judge's agreement with human labels of real model outputs (a ``spard judge agreement
+    --output`` report), so that every ASR table can be read against how far its judge is trusted."""
+    if not report:
+        return []
+    from spard.evaluation.stats import format_rate
+
+    lines = [f"## Judges against human labels ({report.get('split', '?')} split of `{report.get('labels', '?')}`"
+             f"{f', from `{source}`' if source else ''})", "",
+             "| judge | measures | agreement with harm label | Cohen's kappa [95%] | judged harmful | labelled harmful |",
+             "|---|---|---|---|---|---|"]
+    for j in report.get("judges", []):
+        h, k = j["harm"], j["harm"]["kappa"]
+        lines.append(f"| `{j.get('spec', j['judge'])}` | {j['measures']} | {format_rate(h['accuracy'])} "
+                     f"| {_fmt(k['value'], digits=2)} [{_fmt(k['low'], digits=2)}, {_fmt(k['high'], digits=2)}] "
+                     f"| {format_rate(h['predicted_rate'])} | {format_rate(h['label_rate'])} |")
+    return lines + [""]
+
+
 def markdown(rows: Sequence[dict[str, Any]], title: str, starts: Sequence[dict[str, Any]] = (),
-             changes: dict[str, dict[str, Any]] | None = None) -> str:
+             changes: dict[str, dict[str, Any]] | None = None, judge_quality: list[str] = ()) -> str:
     """The results page: targets, start models, ASR by defense and attack, ablations, per-defense summary, every run.
 
     ``rows`` are the fine-tuning runs (with ``task_gain_kept`` where known), ``starts`` the start-model
-    rows, ``changes`` the config overrides of each labelled variant."""
+    rows, ``changes`` the config overrides of each labelled variant, ``judge_quality`` the lines of
+    :func:`judge_quality_table`."""
     judges = judges_in(rows)
     lines = [f"# {title}", ""]
     if not rows:
         return "\n".join(lines + ["No finished runs yet.", ""])
+    lines += list(judge_quality)
     shas = sorted({r["start_model"] for r in rows if r.get("start_model")})
     if len(shas) > 1:
         lines += [f"**Warning:** these runs started from {len(shas)} different aligned models "
@@ -446,5 +468,10 @@ def write_results(out: Path, rows: Sequence[dict[str, Any]], cfg: Any, starts: S
     atomic_write_json(out / "results.json", [*starts, *rows])
     write_csv(out / "results.csv", [*starts, *rows])
     changes = {label: spec.overrides for label, spec in defense_specs(cfg).items()}
-    atomic_write_text(out / "results.md", markdown(rows, f"Benchmark `{cfg.name}`", starts, changes))
+    quality: list[str] = []
+    if getattr(cfg, "judge_quality", None):
+        path = Path(cfg.judge_quality)
+        quality = (judge_quality_table(json.loads(path.read_text()), str(path)) if path.is_file()
+                   else [f"Judge quality report `{path}` not found: run `spard judge agreement --output {path}`.", ""])
+    atomic_write_text(out / "results.md", markdown(rows, f"Benchmark `{cfg.name}`", starts, changes, quality))
     plot_results(out, rows, starts)

@@ -61,8 +61,12 @@ def _response_files(root: Path) -> list[Path]:
         return [root]
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such file or directory of responses")
-    files = [p for p in root.rglob("*.jsonl") if p.parent.name in RESPONSE_DIRS]
-    return sorted(files)
+    files, seen = [], set()
+    for p in sorted(root.rglob("*.jsonl")):
+        if p.parent.name in RESPONSE_DIRS and p.resolve() not in seen:  # a linked check dir counts once
+            seen.add(p.resolve())
+            files.append(p)
+    return files
 
 
 def read_responses(path: str | Path) -> list[ResponseItem]:
