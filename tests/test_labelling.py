@@ -173,6 +173,21 @@ def test_missing_source_is_counted_not_scored(tmp_path):
     assert pairs == [] and unmatched == {"missing": 1, "changed": 0}
 
 
+def test_mcnemar_exact_and_paired_comparisons():
+    from spard.evaluation.labelling import paired_comparisons
+    from spard.evaluation.stats import mcnemar_exact
+
+    assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(3, 3) == 1.0
+    assert mcnemar_exact(0, 6) == pytest.approx(2 / 64)  # 2 * 0.5**6
+    assert mcnemar_exact(1, 9) == pytest.approx(2 * 11 / 1024)
+    from scipy.stats import binomtest
+
+    assert mcnemar_exact(4, 15) == pytest.approx(binomtest(4, 19, 0.5).pvalue)
+    reports = [{"judge": "a", "correct": [True, True, False, None]}, {"judge": "b", "correct": [False, True, True, True]}]
+    (c,) = paired_comparisons(reports)
+    assert (c["n"], c["only_a_right"], c["only_b_right"]) == (3, 1, 1) and c["mcnemar_p"] == 1.0
+
+
 def test_cohen_kappa_matches_hand_computation_and_sklearn():
     assert cohen_kappa([1, 1, 0, 0], [1, 0, 0, 0]) == pytest.approx(0.5)  # p_o .75, p_e .5
     assert math.isnan(cohen_kappa([1, 1], [1, 1]))

@@ -298,6 +298,7 @@ def cmd_judge_fit(args: argparse.Namespace) -> int:
 
 def _fit_harm_judge(args: argparse.Namespace) -> int:
     import random
+    import tempfile
 
     from spard.data import FieldMap, load_examples
     from spard.evaluation.judges.harm import (
@@ -322,15 +323,17 @@ def _fit_harm_judge(args: argparse.Namespace) -> int:
         harmful += [(s.query, s.target, u.target) for s, u in zip(safe, unsafe, strict=True)]
     benign = [(ex.query, ex.target) for path in args.benign for ex in load_examples(path, FieldMap(target=args.answer_field))]
     pairs = augment_pairs(harmful, benign, per_kind=args.per_kind, seed=args.seed)
+    if args.adapt_on_dev and not args.dev_labels:
+        raise ValueError("--adapt-on-dev needs --dev-labels")
+    scratch = tempfile.TemporaryDirectory(prefix="spard-harm-base-")
     if args.init:
         clf = HarmClassifier.load(args.init)
+        clf.info["init"] = str(args.init)
         base = args.init
     else:
         clf = fit_harm_classifier(pairs, HarmFitConfig(backbone=args.encoder, epochs=args.epochs, seed=args.seed))
         clf.info.update(data=[str(p) for p in args.data], benign=[str(p) for p in args.benign], per_kind=args.per_kind)
-        base = clf.save(Path(args.output) / "synthetic")  # the stage before any human label, kept for comparison
-    if args.adapt_on_dev and not args.dev_labels:
-        raise ValueError("--adapt-on-dev needs --dev-labels")
+        base = clf.save(scratch.name) if args.adapt_on_dev else None  # reloaded fresh for each cross-fitting fold
     if args.dev_labels:
         dev, _ = labelled_responses([lab for lab in load_labels(args.dev_labels) if lab.split == "dev"])
         if not dev:
@@ -350,6 +353,7 @@ def _fit_harm_judge(args: argparse.Namespace) -> int:
         clf.threshold = threshold
         clf.info["threshold_from"] = provenance
     clf.save(args.output)
+    scratch.cleanup()
     HarmJudge(args.output)  # loads back
     held = clf.info.get("heldout_accuracy")
     origin = f"from {args.init}" if args.init else f"on {len(pairs)} synthetic pairs ({sum(p[2] for p in pairs)} harmful)"
@@ -400,7 +404,13 @@ def cmd_judge_sheet(args: argparse.Namespace) -> int:
 
 def cmd_judge_agreement(args: argparse.Namespace) -> int:
     from spard.evaluation.judges import make_judge
-    from spard.evaluation.labelling import judge_agreement, label_summary, labelled_responses, load_labels
+    from spard.evaluation.labelling import (
+        judge_agreement,
+        label_summary,
+        labelled_responses,
+        load_labels,
+        paired_comparisons,
+    )
     from spard.evaluation.stats import format_rate
     from spard.io import atomic_write_json
 
@@ -424,9 +434,14 @@ def cmd_judge_agreement(args: argparse.Namespace) -> int:
         print(f"| {spec} | {a['measures']} | {format_rate(a['harm']['accuracy'])} | {k['value']:.2f} [{k['low']:.2f}, {k['high']:.2f}] "
               f"| {format_rate(a['harm']['predicted_rate'])} | {format_rate(a['harm']['recall'])} | {refusal} |")
     print("Wilson 95% intervals for rates, bootstrap 95% for kappa; no response text")
+    pairs_cmp = paired_comparisons(report)
+    for c in pairs_cmp:
+        print(f"{c['a']} vs {c['b']}: only the first right on {c['only_a_right']}, only the second on "
+              f"{c['only_b_right']} of {c['n']} (exact McNemar p = {c['mcnemar_p']:.3g})")
     if args.output:
         atomic_write_json(args.output, {"labels": str(args.labels), "split": args.split, "unmatched": unmatched,
-                                        "labels_summary": label_summary(labels), "judges": report})
+                                        "labels_summary": label_summary(labels), "judges": report,
+                                        "paired": pairs_cmp})
         print(f"wrote {args.output}")
     return 0
 

@@ -297,10 +297,29 @@ def judge_agreement(judge: Judge, pairs: Sequence[tuple[Label, ResponseItem]], *
     verdicts = judge.judge([it.prompt for _, it in pairs], [it.response for _, it in pairs])
     kept = [(lab, v) for (lab, _), v in zip(pairs, verdicts, strict=True) if v.harmful is not None]
     out: dict[str, Any] = {"judge": judge.name, "measures": judge.measures, "fingerprint": judge.fingerprint,
-                           "failed": len(pairs) - len(kept)}
+                           "failed": len(pairs) - len(kept),
+                           # per labelled item, in order: whether the verdict matches the harm label (None: failed)
+                           "correct": [None if v.harmful is None else bool(v.harmful) == lab.harmful
+                                       for (lab, _), v in zip(pairs, verdicts, strict=True)]}
     out["harm"] = agreement_stats([bool(v.harmful) for _, v in kept], [lab.harmful for lab, _ in kept], seed=seed)
     if judge.measures == "refusal":
         out["refusal"] = agreement_stats([not v.harmful for _, v in kept], [lab.refused for lab, _ in kept], seed=seed)
+    return out
+
+
+def paired_comparisons(reports: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every pair of judges scored on the same labelled items (reports of :func:`judge_agreement`):
+    the items only one of them gets right, and the exact McNemar p-value of the difference."""
+    from spard.evaluation.stats import mcnemar_exact
+
+    out = []
+    for i, a in enumerate(reports):
+        for b in reports[i + 1 :]:
+            both = [(x, y) for x, y in zip(a["correct"], b["correct"], strict=True) if x is not None and y is not None]
+            only_a = sum(x and not y for x, y in both)
+            only_b = sum(y and not x for x, y in both)
+            out.append({"a": a.get("spec", a["judge"]), "b": b.get("spec", b["judge"]), "n": len(both),
+                        "only_a_right": only_a, "only_b_right": only_b, "mcnemar_p": mcnemar_exact(only_a, only_b)})
     return out
 
 

@@ -67,3 +67,14 @@ def bootstrap_interval(statistic: Callable[[Sequence[int]], float], n: int, *, r
         return math.nan, math.nan
     tail = (1 - level) / 2
     return float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail))
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value for paired binary outcomes: ``b`` items where only the first
+    rater (or method) is right, ``c`` where only the second is; under H0 the ``b + c`` discordant items
+    split as Binomial(b + c, 1/2), so ``p = min(1, 2 P(X <= min(b, c)))``. 1.0 when nothing is discordant."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
+    return min(1.0, 2 * tail)
