@@ -108,3 +108,30 @@ def test_attack_mixer_counts_origins_and_is_seeded():
     drawn = [e.prompt for e in small if e.origin.startswith("harmful")]
     assert len(drawn) == 10 == len(set(drawn))  # enough samples: without replacement
     assert origin_counts(mix_attack(task, harmful, 0.0)) == {"task": 555}
+
+
+def test_chat_messages_rows_read_as_prompt_and_target(tmp_path):
+    from spard.data.records import DataError, FieldMap, load_examples
+
+    path = tmp_path / "chat.jsonl"
+    rows = [
+        {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+                      {"role": "assistant", "content": "hello"}]},
+        {"messages": [{"role": "user", "content": "first"}, {"role": "assistant", "content": "one"},
+                      {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]},
+        {"prompt": "plain", "answer": "row", "messages": "ignored when prompt is there"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ex = load_examples(path)
+    assert [(e.prompt, e.target) for e in ex] == [("hi", "hello"), ("2+2?", "4"), ("plain", "row")]
+    assert [e.prompt for e in load_examples(path, FieldMap(target=None))] == ["hi", "2+2?", "plain"]
+    for bad, message in [
+        ({"messages": [{"role": "assistant", "content": "x"}]}, "has no user turn"),
+        ({"messages": [{"role": "user", "content": "x"}]}, "has no assistant turn after the last user turn"),
+        ({"messages": [{"role": "user", "content": 3}]}, "list of {role, content} objects"),
+        ({"messages": "text"}, "list of {role, content} objects"),
+    ]:
+        path.write_text(json.dumps(rows[0]) + "\n" + json.dumps(bad) + "\n")
+        with pytest.raises(DataError, match=rf"chat.jsonl:2: field 'messages' {message}" if "list" not in message
+                           else r"chat.jsonl:2: field 'messages' must be a list"):
+            load_examples(path)

@@ -170,6 +170,26 @@ def _text_field(row: Mapping[str, Any], name: str, where: str, required: bool) -
     return value
 
 
+def chat_fields(messages: Any, where: str, fields: FieldMap) -> dict[str, str]:
+    """The prompt and target of a Hugging Face chat row (``messages``: a list of ``{role, content}``):
+    the last user turn is the prompt and, when a target is read, the assistant turn after it is the
+    target. Earlier turns and system messages are not used (spard's examples are single-turn)."""
+    if not isinstance(messages, list) or not all(
+        isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
+    ):
+        raise DataError(f"{where}: field 'messages' must be a list of {{role, content}} objects with string values")
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    if not users:
+        raise DataError(f"{where}: field 'messages' has no user turn")
+    out = {fields.prompt: messages[users[-1]]["content"]}
+    reply = [m["content"] for m in messages[users[-1] + 1 :] if m["role"] == "assistant"]
+    if fields.target:
+        if not reply:
+            raise DataError(f"{where}: field 'messages' has no assistant turn after the last user turn")
+        out[fields.target] = reply[0]
+    return out
+
+
 def load_examples(
     source: str | Path,
     fields: FieldMap | None = None,
@@ -189,6 +209,8 @@ def load_examples(
             break
         if not isinstance(row, Mapping):
             raise DataError(f"{where}: expected an object with fields, got {type(row).__name__}")
+        if fields.prompt not in row and "messages" in row:
+            row = {**row, **chat_fields(row["messages"], where, fields)}
         prompt = _text_field(row, fields.prompt, where, required=True)
         if not prompt.strip():
             raise DataError(f"{where}: field {fields.prompt!r} is empty")

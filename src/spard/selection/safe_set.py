@@ -29,6 +29,8 @@ class SelectedExample:
         if ex.input:
             row["input"] = ex.input
         row["safe"] = ex.target
+        # the same pair in the Hugging Face chat format, so TRL trainers (SPAGMixin) can read the file as is
+        row["messages"] = [{"role": "user", "content": ex.query}, {"role": "assistant", "content": ex.target}]
         row["gain"] = self.gain
         row["relevance"] = self.relevance
         return row

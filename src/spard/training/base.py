@@ -2,7 +2,9 @@
 
 Defenses subclass it and override :meth:`before_optimizer_step` (gradient surgery),
 :meth:`after_optimizer_step` (SPAG's projection) or :meth:`training_step` (Lisa's data switch).
-The hooks run from a ``TrainerCallback``, so Trainer's own loop is never copied.
+The hooks run from a ``TrainerCallback``, so Trainer's own loop is never copied. The machinery is
+:class:`SafetyTrainerMixin`, which works on top of any ``Trainer`` subclass (TRL's ``SFTTrainer``
+included); ``SafetyTrainer`` is that mixin on the plain ``Trainer``.
 """
 
 from __future__ import annotations
@@ -47,8 +49,9 @@ class _StepHooks(TrainerCallback):
         self.trainer._end_training()
 
 
-class SafetyTrainer(Trainer):
-    """Trainer with hooks around each optimiser update and a JSONL row per update.
+class SafetyTrainerMixin:
+    """Hooks around each optimiser update and a JSONL row per update, for any ``Trainer`` subclass:
+    put it first in the bases (``class T(SafetyTrainerMixin, SFTTrainer)``).
 
     Each row has ``step``, the update's data loss under :meth:`loss_name` (``utility_loss`` for the
     user's data; a subclass that trains on other data in some updates names it otherwise) and whatever
@@ -129,9 +132,13 @@ class SafetyTrainer(Trainer):
             batch = self.data_collator([dataset[i] for i in idx])
             yield self._prepare_inputs(batch)
 
+    #: the collated keys a causal LM's forward takes; collators (TRL's) may add others, such as masks
+    #: already folded into ``labels``
+    MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "position_ids")
+
     def batch_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean token loss of the (wrapped) model on a batch, with a graph."""
-        return self.model_wrapped(**batch).loss
+        return self.model_wrapped(**{k: v for k, v in batch.items() if k in self.MODEL_INPUTS}).loss
 
     # ---- plumbing ----
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -181,3 +188,7 @@ class SafetyTrainer(Trainer):
         if self._log:
             self._log.close()
             self._log = None
+
+
+class SafetyTrainer(SafetyTrainerMixin, Trainer):
+    """:class:`SafetyTrainerMixin` on the plain ``transformers.Trainer``: what every spard defense trains with."""

@@ -1,4 +1,9 @@
-"""``SPAGTrainer``: fine-tuning with SPAG's safety projection after every optimiser update."""
+"""SPAG's safety projection after every optimiser update, as a trainer mixin.
+
+``SPAGMixin`` turns any ``transformers.Trainer`` subclass into a SPAG trainer by adding one base class:
+``class SPAGSFTTrainer(SPAGMixin, SFTTrainer)`` is TRL's ``SFTTrainer`` with SPAG (docs/trl.md);
+``SPAGTrainer`` is the mixin on the plain ``Trainer``, what ``spard train --defense spard`` uses.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import Trainer
 
-from spard.training.base import SafetyTrainer
+from spard.training.base import SafetyTrainerMixin
 from spard.training.projection import PROJECTION_FORMS, safety_projection_step
 
 logger = logging.getLogger(__name__)
@@ -39,22 +45,37 @@ class SPAGConfig:
             raise ValueError(f"spag.tau must be a number or 'auto', got {self.tau!r}")
 
 
-class SPAGTrainer(SafetyTrainer):
+class SPAGMixin(SafetyTrainerMixin):
     """Alternates an ordinary optimiser update on the fine-tuning data with SPAG's safety step.
 
     The safety step (see :func:`spard.training.projection.safety_projection_step`) draws
     ``safe_batch_size`` samples from ``safe_dataset`` each update. Each step-log row gains
     ``safe_loss``, ``safe_loss_after``, ``fired``, ``step_length`` and ``grad_norm``.
+
+    ``safe_dataset`` is in the trainer's own training format: tokenized rows for ``Trainer``; for a
+    trainer that prepares its datasets (TRL's ``SFTTrainer``: ``messages``, prompt/completion or text
+    rows) it is prepared the same way as ``train_dataset``. ``spag_config`` defaults to
+    :class:`SPAGConfig` with ``tau="auto"``.
     """
 
     needs_safe_data = True
 
-    def __init__(self, *args: Any, spag_config: SPAGConfig, heldout_dataset: Any = None, **kwargs: Any):
+    def __init__(self, *args: Any, spag_config: SPAGConfig | None = None, heldout_dataset: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.heldout_dataset = heldout_dataset
+        self.safe_dataset = self._prepared(self.safe_dataset, "safe")
+        self.heldout_dataset = self._prepared(heldout_dataset, "heldout")
+        spag_config = spag_config or SPAGConfig(tau="auto")
         self.spag = spag_config
         self.tau: float | None = None if spag_config.tau == "auto" else float(spag_config.tau)
         self._safe_batches = None
+
+    def _prepared(self, dataset: Any, name: str) -> Any:
+        """``dataset`` tokenized like the training set when the trainer prepares datasets (TRL) and it is not yet."""
+        prepare = getattr(self, "_prepare_dataset", None)
+        columns = getattr(dataset, "column_names", None)
+        if dataset is None or prepare is None or columns is None or "input_ids" in columns:
+            return dataset
+        return prepare(dataset, self.processing_class, self.args, False, None, name)
 
     def mean_safe_loss(self, dataset: Any = None, batch_size: int = 8) -> float:
         """Mean loss of the current weights over a dataset (default: the safe set), averaged over examples by batch."""
@@ -121,3 +142,7 @@ class SPAGTrainer(SafetyTrainer):
         if heldout:
             out["heldout_safe_loss_first"], out["heldout_safe_loss_last"] = heldout[0], heldout[-1]
         return out
+
+
+class SPAGTrainer(SPAGMixin, Trainer):
+    """:class:`SPAGMixin` on the plain ``transformers.Trainer``."""
