@@ -446,6 +446,19 @@ def cmd_judge_agreement(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_list(args: argparse.Namespace) -> int:
+    from spard.registry import registries
+
+    for kind, registry in registries().items():
+        if args.kind and kind.split()[0] != args.kind:
+            continue
+        print(f"{kind}:")
+        width = max((len(n) for n in registry.names()), default=0)
+        for name, doc in registry.describe():
+            print(f"  {name:<{width}}  {doc}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from spard.evaluation.evaluate import EvalConfig, run_evaluation
 
@@ -701,6 +714,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="JSON report (agreement, kappa, counts per judge)")
     _add_flags(p, LLM_FLAGS)
     p.set_defaults(func=cmd_judge_agreement)
+
+    p = sub.add_parser("list", help="what is registered: defenses, selectors, judges, task metrics (one line of doc each)")
+    p.add_argument("kind", nargs="?", choices=["defenses", "selectors", "judges", "task"], help="only this registry")
+    p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("eval", help="ASR on harmful prompt sets and the task metric")
     p.add_argument("--config", help="YAML EvalConfig; flags override")

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from spard.data.records import Example
+from spard.registry import Registry
 from spard.training.base import SafetyTrainer
 
 if TYPE_CHECKING:
@@ -71,15 +72,14 @@ class Defense:
         return {}
 
 
-DEFENSES: dict[str, type[Defense]] = {}
+#: ``--defense`` names -> Defense classes; a defense module registers itself with ``@register``.
+DEFENSES: Registry[type[Defense]] = Registry("defense")
 
 
 def register(cls: type[Defense]) -> type[Defense]:
-    DEFENSES[cls.name] = cls
-    return cls
+    """Class decorator: register a :class:`Defense` under its ``name``."""
+    return DEFENSES.add(cls.name, cls)
 
 
 def get_defense(name: str, config: TrainConfig) -> Defense:
-    if name not in DEFENSES:
-        raise ValueError(f"unknown defense {name!r}; choose from {', '.join(sorted(DEFENSES))}")
-    return DEFENSES[name](config)
+    return DEFENSES.get(name)(config)

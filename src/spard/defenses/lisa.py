@@ -105,6 +105,8 @@ class LisaTrainer(SafetyTrainer):
 
 @register
 class Lisa(Defense):
+    """Lisa: alternates alignment updates on safety data with fine-tuning updates, a proximal pull between them."""
+
     name = "lisa"
     uses_safety_data = True
     trainer_class = LisaTrainer

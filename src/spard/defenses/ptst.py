@@ -9,6 +9,8 @@ from spard.defenses.base import Defense, register
 
 @register
 class PTST(Defense):
+    """PTST: fine-tune without a safety system prompt, evaluate with one (pure tuning, safe testing)."""
+
     name = "ptst"
 
     def trains_like(self) -> str | None:

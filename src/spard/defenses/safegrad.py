@@ -108,6 +108,8 @@ class SafeGradTrainer(SafetyTrainer):
 
 @register
 class SafeGrad(Defense):
+    """SafeGrad: remove the user gradient's component that conflicts with the alignment gradient (KL or CE)."""
+
     name = "safegrad"
     uses_safety_data = True
     trainer_class = SafeGradTrainer

@@ -16,6 +16,8 @@ from spard.defenses.base import Defense, register
 
 @register
 class SafeInstr(Defense):
+    """SafeInstr: mix the k safety samples into the fine-tuning data."""
+
     name = "safeinstr"
     uses_safety_data = True
 

@@ -100,6 +100,8 @@ def load_weights(spec: str, names: set[str]) -> dict[str, torch.Tensor]:
 
 @register
 class SafeLoRA(Defense):
+    """SafeLoRA: after training, project the LoRA update of the least aligned layers onto the alignment subspace."""
+
     name = "safelora"
 
     def check(self) -> None:

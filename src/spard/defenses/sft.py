@@ -5,4 +5,6 @@ from spard.defenses.base import Defense, register
 
 @register
 class SFT(Defense):
+    """Plain supervised fine-tuning on the (possibly poisoned) user data: the baseline."""
+
     name = "sft"

@@ -10,6 +10,8 @@ from spard.training.spag import SPAGTrainer
 
 @register
 class SPARD(Defense):
+    """SPARD: SPAG's safety projection after every update, on a safe set chosen by RD-DPP."""
+
     name = "spard"
     uses_safety_data = True
     default_selector = "rd-dpp"

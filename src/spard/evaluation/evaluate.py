@@ -99,8 +99,7 @@ def run_evaluation(cfg: EvalConfig, *, on_mismatch: str = "error") -> dict[str, 
     files made under other settings (another model, decoding or judge)."""
     if not cfg.harmful and not cfg.task_data and not cfg.benign:
         raise ValueError("nothing to evaluate: give harmful prompt files (--harmful-data) and/or --task-data")
-    if cfg.task not in TASK_METRICS:
-        raise ValueError(f"unknown task {cfg.task!r}; choose from {sorted(TASK_METRICS)}")
+    TASK_METRICS.get(cfg.task)  # an unknown task fails here, before any generation
     started = time.perf_counter()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,8 @@ import re
 from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 
+from spard.registry import Registry
+
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
 
@@ -73,20 +75,18 @@ def contains(response: str, reference: str) -> bool:
     return _norm_text(reference) in _norm_text(response)
 
 
-TASK_METRICS: dict[str, Callable[[str, str], bool]] = {
-    "gsm8k": gsm8k_correct,
-    "openbookqa": openbookqa_correct,
-    "exact": exact_match,
-    "contains": contains,
-}
+#: ``--task`` names -> scorers ``(response, reference) -> correct``
+TASK_METRICS: Registry[Callable[[str, str], bool]] = Registry("task")
+TASK_METRICS.add("gsm8k", gsm8k_correct, "GSM8K: the response's final number equals the reference answer's")
+TASK_METRICS.add("openbookqa", openbookqa_correct, "OpenBookQA: the option letter the response picks equals the reference")
+TASK_METRICS.add("exact", exact_match, "the response equals the reference, ignoring case, punctuation and spacing")
+TASK_METRICS.add("contains", contains, "the reference appears in the response, ignoring case, punctuation and spacing")
 
 #: The dataset column holding the reference each task is scored against.
 REFERENCE_FIELD = {"gsm8k": "answer", "openbookqa": "target_answer", "exact": "answer", "contains": "answer"}
 
 
 def accuracy(task: str, responses: Sequence[str], references: Sequence[str]) -> float:
-    if task not in TASK_METRICS:
-        raise ValueError(f"unknown task {task!r}; choose from {sorted(TASK_METRICS)}")
-    scorer = TASK_METRICS[task]
+    scorer = TASK_METRICS.get(task)
     hits = [scorer(r, ref) for r, ref in zip(responses, references, strict=True)]
     return sum(hits) / len(hits) if hits else 0.0

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from spard.registry import Registry
 from spard.selection.dpp import greedy_map
 from spard.selection.rd_dpp import kernel_factor, max_cosine, quality
 
@@ -117,15 +118,13 @@ class DiversitySelector(RDDPPSelector):
         return np.ones_like(relevance)
 
 
-SELECTORS: dict[str, type[Selector]] = {
-    cls.name: cls for cls in (RDDPPSelector, RandomSelector, RelevanceSelector, DiversitySelector)
-}
+#: ``selection.method`` names -> Selector classes
+SELECTORS: Registry[type[Selector]] = Registry("selection method")
+for _cls in (RDDPPSelector, RandomSelector, RelevanceSelector, DiversitySelector):
+    SELECTORS.add(_cls.name, _cls)
 
 
 def make_selector(config: SelectionConfig) -> Selector:
     if config.method == "auto":
         config = replace(config, method="rd-dpp")
-    try:
-        return SELECTORS[config.method](config)
-    except KeyError:
-        raise ValueError(f"unknown selection method {config.method!r}; choose from {sorted(SELECTORS)}") from None
+    return SELECTORS.get(config.method)(config)

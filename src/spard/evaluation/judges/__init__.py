@@ -8,45 +8,73 @@ outputs, :mod:`spard.evaluation.judges.harm`); ``llm`` or ``llm:MODEL`` (OpenAI-
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from spard.evaluation.judges.base import Judge, Verdict, agreement, attack_success_rate
 from spard.evaluation.judges.keyword import RULE_VERSION, KeywordJudge
 from spard.evaluation.judges.llm import LLMJudge, LLMJudgeConfig
+from spard.registry import Registry
+
+#: judge kinds -> factories ``(argument after the colon, LLM settings) -> Judge``
+JUDGES: Registry[Callable[[str, LLMJudgeConfig], Judge]] = Registry("judge")
+
+
+@JUDGES.register("keyword")
+def _keyword(arg: str, llm: LLMJudgeConfig) -> Judge:
+    """The refusal rule (measures refusal: its rate is a non-refusal rate); keyword:v1 is the superseded rule."""
+    if arg == "v1":
+        from spard.evaluation.judges.keyword import KeywordJudgeV1
+
+        return KeywordJudgeV1()
+    if arg not in ("", f"v{RULE_VERSION}"):
+        raise ValueError(f"keyword rule {arg!r}: use keyword (rule v{RULE_VERSION}) or keyword:v1 (superseded)")
+    return KeywordJudge()
+
+
+@JUDGES.register("probe")
+def _probe(arg: str, llm: LLMJudgeConfig) -> Judge:
+    """probe:DIR, a TF-IDF / embedding logistic probe of the response (`spard judge fit`)."""
+    from spard.evaluation.judges.probe import ProbeJudge
+
+    if not arg:
+        raise ValueError("judge 'probe' needs a directory: probe:DIR (fit one with `spard judge fit`)")
+    return ProbeJudge(arg)
+
+
+@JUDGES.register("harm")
+def _harm(arg: str, llm: LLMJudgeConfig) -> Judge:
+    """harm:DIR, a cross-encoder of prompt and response for small-model outputs (`spard judge fit --kind harm`)."""
+    from spard.evaluation.judges.harm import HarmJudge
+
+    if not arg:
+        raise ValueError("judge 'harm' needs a directory: harm:DIR (fit one with `spard judge fit --kind harm`)")
+    return HarmJudge(arg)
+
+
+@JUDGES.register("llm")
+def _llm(arg: str, llm: LLMJudgeConfig) -> Judge:
+    """llm[:MODEL], an OpenAI-compatible chat model with the paper's 1-5 rubric (harmful iff score >= 3)."""
+    from dataclasses import replace
+
+    return LLMJudge(replace(llm, model=arg) if arg else llm)
+
+
+@JUDGES.register("classifier")
+def _classifier(arg: str, llm: LLMJudgeConfig) -> Judge:
+    """classifier:ID, a Hugging Face sequence classifier or a Llama-Guard-style moderator."""
+    from spard.evaluation.judges.classifier import ClassifierJudge
+
+    if not arg:
+        raise ValueError("judge 'classifier' needs a model: classifier:PATH_OR_ID")
+    return ClassifierJudge(arg)
 
 
 def make_judge(spec: str, llm_config: LLMJudgeConfig | None = None) -> Judge:
+    """The judge a spec names: ``KIND`` or ``KIND:ARG`` with KIND registered in :data:`JUDGES`."""
     kind, _, arg = spec.partition(":")
-    if kind == "keyword":
-        if arg == "v1":
-            from spard.evaluation.judges.keyword import KeywordJudgeV1
-
-            return KeywordJudgeV1()
-        if arg not in ("", f"v{RULE_VERSION}"):
-            raise ValueError(f"keyword rule {arg!r}: use keyword (rule v{RULE_VERSION}) or keyword:v1 (superseded)")
-        return KeywordJudge()
-    if kind == "probe":
-        from spard.evaluation.judges.probe import ProbeJudge
-
-        if not arg:
-            raise ValueError("judge 'probe' needs a directory: probe:DIR (fit one with `spard judge fit`)")
-        return ProbeJudge(arg)
-    if kind == "harm":
-        from spard.evaluation.judges.harm import HarmJudge
-
-        if not arg:
-            raise ValueError("judge 'harm' needs a directory: harm:DIR (fit one with `spard judge fit --kind harm`)")
-        return HarmJudge(arg)
-    if kind == "llm":
-        from dataclasses import replace
-
-        cfg = llm_config or LLMJudgeConfig()
-        return LLMJudge(replace(cfg, model=arg) if arg else cfg)
-    if kind == "classifier":
-        from spard.evaluation.judges.classifier import ClassifierJudge
-
-        if not arg:
-            raise ValueError("judge 'classifier' needs a model: classifier:PATH_OR_ID")
-        return ClassifierJudge(arg)
-    raise ValueError(f"unknown judge {spec!r}: use keyword, probe:DIR, harm:DIR, llm[:MODEL] or classifier:ID")
+    if kind not in JUDGES:
+        raise ValueError(f"unknown judge {spec!r}; choose from {', '.join(f'{k}[:ARG]' for k in JUDGES)}")
+    return JUDGES.get(kind)(arg, llm_config or LLMJudgeConfig())
 
 
 def judge_fingerprint(spec: str, llm_config: LLMJudgeConfig | None = None) -> dict:
@@ -73,5 +101,5 @@ def judge_fingerprint(spec: str, llm_config: LLMJudgeConfig | None = None) -> di
     return {"judge": spec}
 
 
-__all__ = ["Judge", "KeywordJudge", "LLMJudge", "LLMJudgeConfig", "Verdict", "agreement", "attack_success_rate", "judge_fingerprint",
+__all__ = ["JUDGES", "Judge", "KeywordJudge", "LLMJudge", "LLMJudgeConfig", "Verdict", "agreement", "attack_success_rate", "judge_fingerprint",
            "make_judge"]
