@@ -70,7 +70,7 @@ def test_bench_runs_resumes_and_redoes_partial_runs(tiny_model_dir, toy_data, tm
         assert (out / name).exists(), name
     table = (out / "results.md").read_text()
     assert "| sft | 0.25 | 1 |" in table and "spard-closed" in table and "(ASR judge `keyword` = non-refusal rate" in table
-    assert "## Targets (judge `keyword` = non-refusal rate, not a harm judgement, attacks: toy)" in table and "SPARD mean ASR" in table
+    assert "## Targets (judge `keyword` = non-refusal rate, not a harm judgement, attacks: toy)" in table and "spard mean ASR" in table
     assert all(r["asr_mean[keyword]"] is not None and r["answer_nll"] > 0 and r["wall_seconds"] > 0 for r in rows)
     assert " min |" in table  # wall time per run
     assert rows[1]["projections_fired"] is not None
@@ -179,11 +179,16 @@ def test_targets_compare_spard_with_sft_and_the_other_defenses():
             {**row("sft", "none", 0.05, 0.1, 1.0), "harmful_ratio": 0.0}]
     lines = "\n".join(targets(rows, "keyword"))
     assert "attacks: a, b" in lines
-    assert "SPARD mean ASR 15.0% vs SFT 70.0%: ratio 0.21 (target <= 0.25: met)" in lines
+    assert "spard mean ASR 15.0% vs sft 70.0%: ratio 0.21 (target <= 0.25: met)" in lines
     assert "lowest ASR among defenses run on the same attacks: spard" in lines  # ptst ran on one attack only
-    assert "task accuracy: SPARD minus SFT = -1.500 points" in lines
+    assert "task accuracy: spard minus sft = -1.500 points" in lines
     assert "lowest ASR per attack: a: ptst (5.0% of 4 defenses); b: spard (20.0% of 3 defenses)" in lines
     assert targets([row("sft", "a", 0.8, 0.1, 1.0)], "keyword") == []
+    # the policy comes from the bench config: another method, baseline and ratio, no name in the code
+    from spard.bench.config import TargetsConfig
+
+    other = "\n".join(targets(rows, "keyword", TargetsConfig(baseline="lisa", method="ptst", asr_ratio=0.1)))
+    assert "ptst mean ASR 5.0% vs lisa 30.0%: ratio 0.17 (target <= 0.1: not met)" in other and "attacks: a" in other
 
     # an ablation below SPARD is not "the lowest defense", and stays out of the per-attack verdicts
     ablation = [{**row("spard-random", x, 0.01, 0.1, 1.0), "defense": "spard"} for x in ("a", "b")]
@@ -316,12 +321,12 @@ def test_task_gain_kept_is_measured_from_the_start_model_against_sft_of_the_same
                     {"spard-random": {"selection.method": "random"}})
     assert ("| spard-random | selection.method=random | 1 | 25.0% | 50.0% | 50.0% | 75.0% |" in page)
     assert "## Start models before fine-tuning (judge `keyword` = non-refusal rate, not a harm judgement)" in page and "| m | 5.0% | 5.0% |" in page
-    assert "task gain kept (share of SFT's answer-NLL drop" in page and "spard 75.0%" in page
+    assert "task gain kept (share of sft's answer-NLL drop" in page and "spard 75.0%" in page
     # lisa keeps none of the gain: the lowest ASR overall, but not among the defenses that keep half of it
     gained[2]["asr_mean[keyword]"] = 0.01
     page = markdown(gained[:4], "t", starts)
     assert "lowest ASR among defenses run on the same attacks: lisa" in page
-    assert "keep at least 50% of SFT's task gain: spard (spard 50.0%)" in page
+    assert "keep at least 50% of sft's task gain: spard (spard 50.0%)" in page
 
 
 def test_training_is_reused_only_from_the_defense_it_trains_like(tmp_path):
