@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import Trainer
 
-from spard.training.base import SafetyTrainerMixin
+from spard.training.base import SafetyTrainer, SafetyTrainerMixin
 from spard.training.projection import PROJECTION_FORMS, safety_projection_step
 
 logger = logging.getLogger(__name__)
@@ -144,5 +143,5 @@ class SPAGMixin(SafetyTrainerMixin):
         return out
 
 
-class SPAGTrainer(SPAGMixin, Trainer):
-    """:class:`SPAGMixin` on the plain ``transformers.Trainer``."""
+class SPAGTrainer(SPAGMixin, SafetyTrainer):
+    """:class:`SPAGMixin` on spard's :class:`SafetyTrainer` (the plain ``transformers.Trainer``)."""
