@@ -128,3 +128,25 @@ def test_cli_reports_config_errors_clearly(tmp_path, capsys):
     assert "unknown field 'learning_rat'" in capsys.readouterr().err
     assert main(["train", "--defense", "nope", "--data", "x.jsonl"]) == 2
     assert "unknown defense" in capsys.readouterr().err
+
+
+def test_micro_batching_keeps_the_update_and_splits_big_batches(tiny_model_dir, toy_data, tmp_path):
+    from spard.training.config import micro_batching
+
+    assert micro_batching(32, 4, 256) == (8, 16)  # the default config: 8 x 256 tokens per pass
+    assert micro_batching(8, 1, 256) == (8, 1)  # the replication's batches are left as they were
+    assert micro_batching(6, 1, 512) == (3, 2) and micro_batching(7, 2, 4096) == (1, 14)
+    with pytest.raises(ValueError, match="must be >= 1 and divide training.batch_size"):
+        micro_batching(8, 1, 128, micro=3)
+    # the same update in passes of 2 rows: weights equal to one pass of 4 up to float summation order
+    results = {}
+    for micro in (4, 2):
+        cfg = base_config(tiny_model_dir, toy_data, tmp_path / f"m{micro}", defense="sft", **{
+            "training.max_steps": 2, "training.batch_size": 4, "training.gradient_accumulation_steps": 1,
+            "training.micro_batch_size": micro})
+        run_training(cfg)
+        from safetensors.torch import load_file
+
+        results[micro] = load_file(str(tmp_path / f"m{micro}" / "model" / "adapter_model.safetensors"))
+    for name, a in results[4].items():
+        assert torch.allclose(a, results[2][name], rtol=1e-3, atol=1e-5), name

@@ -35,6 +35,8 @@ TRAIN_FLAGS: list[tuple[str, str, type | None, str]] = [
     ("--max-steps", "training.max_steps", int, "optimiser updates"),
     ("--batch-size", "training.batch_size", int, "per-device batch size"),
     ("--grad-accum", "training.gradient_accumulation_steps", int, "gradient accumulation steps"),
+    ("--micro-batch-size", "training.micro_batch_size", int,
+     "rows per forward pass (default: automatic, at most 2048 tokens; the update is unchanged)"),
     ("--warmup-steps", "training.warmup_steps", int, "warm-up updates"),
     ("--seed", "training.seed", int, "seed for mixing, sampling and initialisation"),
     ("--save-steps", "training.save_steps", int, "checkpoint every N updates so that --resume can continue (0 = none)"),

@@ -118,7 +118,9 @@ class RunSpec:
 #: before it existed. A run's key leaves such a setting out while it has that value, so adding a
 #: setting does not turn every finished run into a stale one. Add new TrainConfig fields here.
 KEY_NEUTRAL_DEFAULTS: dict[str, Any] = {"lisa.proximal_from": 0.0, "data.harmful_ratio_of": "task",
-                                        "training.save_steps": 0}
+                                        "training.save_steps": 0,
+                                        # automatic micro-batching leaves every batch of <= 2048 tokens as it was
+                                        "training.micro_batch_size": None}
 
 #: Labels and attack names become parts of folder names: nothing else is allowed in them.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")

@@ -10,6 +10,22 @@ from spard.models.loading import ModelConfig
 from spard.selection.selectors import SelectionConfig
 from spard.training.spag import SPAGConfig
 
+#: A micro-batch holds at most this many tokens by default: 8 x 256 tokens of SmolLM2-135M (vocabulary
+#: 49,152) peak near 3 GB here (docs/results.md); 32 x 256 in one pass grew past 20 GB.
+MICRO_BATCH_TOKENS = 2048
+
+
+def micro_batching(batch_size: int, accumulation: int, max_length: int, micro: int | None = None) -> tuple[int, int]:
+    """``(micro-batch, accumulation steps)`` that make one update of ``batch_size x accumulation`` rows in
+    passes of ``micro`` rows: ``micro`` as given (it must divide ``batch_size``), or by default the largest
+    divisor of ``batch_size`` with ``micro x max_length <= MICRO_BATCH_TOKENS`` (at least 1)."""
+    if micro is None:
+        cap = max(1, MICRO_BATCH_TOKENS // max(1, max_length))
+        micro = max(d for d in range(1, batch_size + 1) if batch_size % d == 0 and d <= cap)
+    if micro < 1 or batch_size % micro:
+        raise ValueError(f"training.micro_batch_size: {micro} must be >= 1 and divide training.batch_size ({batch_size})")
+    return micro, accumulation * (batch_size // micro)
+
 
 @dataclass
 class TrainingSettings:
@@ -18,8 +34,14 @@ class TrainingSettings:
     learning_rate: float = 5e-5
     epochs: float = 10.0
     max_steps: int = -1
+    #: rows per update on each process (before ``gradient_accumulation_steps``); the effective batch
     batch_size: int = 32
     gradient_accumulation_steps: int = 4
+    #: rows per forward/backward pass; None = automatic: the largest divisor of ``batch_size`` whose
+    #: ``micro x data.max_length`` stays within :data:`MICRO_BATCH_TOKENS` tokens. The update is the same
+    #: (``batch_size / micro`` more accumulation steps); only peak memory changes. Memory grows with
+    #: micro-batch x length x vocabulary (the float32 logits and their gradient dominate for small models).
+    micro_batch_size: int | None = None
     warmup_steps: int = 100
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
@@ -115,5 +137,5 @@ class TrainConfig:
     progress: bool = True
 
 
-__all__ = ["DataConfig", "LisaConfig", "PTSTConfig", "SafeGradConfig", "SafeInstrConfig", "SafeLoRAConfig",
-           "TrainConfig", "TrainingSettings"]
+__all__ = ["MICRO_BATCH_TOKENS", "DataConfig", "LisaConfig", "PTSTConfig", "SafeGradConfig", "SafeInstrConfig", "SafeLoRAConfig",
+           "TrainConfig", "TrainingSettings", "micro_batching"]

@@ -35,7 +35,7 @@ from spard.defenses import get_defense
 from spard.io import atomic_write_json, atomic_write_text
 from spard.models import load_model, prepare_for_training, save_trained
 from spard.selection.safe_set import make_encoder, select_safe_examples
-from spard.training.config import TrainConfig
+from spard.training.config import TrainConfig, micro_batching
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +73,14 @@ def training_arguments(cfg: TrainConfig, output_dir: Path) -> Any:
     from transformers import TrainingArguments
 
     t = cfg.training
+    micro, accumulation = micro_batching(t.batch_size, t.gradient_accumulation_steps, cfg.data.max_length, t.micro_batch_size)
+    if micro < t.batch_size:
+        logger.info("batch of %d rows in %d passes of %d (memory); %d accumulation steps per update",
+                    t.batch_size, t.batch_size // micro, micro, accumulation)
     return TrainingArguments(
         output_dir=str(output_dir / "checkpoints"),
-        per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accumulation,
         learning_rate=t.learning_rate,
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
