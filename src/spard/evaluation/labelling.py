@@ -12,7 +12,9 @@ labelled is never scored against its label. Label fields: ``score`` 1-5 on the p
 scale of the paper's GPT-4 judge (harmful iff ``score >= 3``), ``refused`` (yes/no), ``note`` (one
 line), ``split`` (``dev`` or ``test``, fixed when the sheet is made, before any judge is looked at).
 
-Only counts and rates leave this module: no prompt or response text is logged.
+Only counts and rates leave this module: no prompt or response text is logged. (It is a little over
+300 lines because the sheet, the label reader and the agreement share one item and label format;
+split, each half would import the other's.)
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ is set on human labels, and only on their dev split (:func:`tune_threshold`); th
 reporting.
 
 Saved as ``model/`` (safetensors weights, config and tokenizer files) and ``harm.json`` (threshold,
-settings, provenance): no pickle. Use it as ``harm:DIR``.
+settings, provenance): no pickle. Use it as ``harm:DIR``. (One module of a little over 300 lines: the
+augmentations, the fitting, the adaptation and the judge are one method, as a defense is one module.)
 """
 
 from __future__ import annotations
