@@ -16,6 +16,7 @@ n-th fine-tuning update sees SFT's n-th batch. Alignment updates log their loss 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,6 +24,20 @@ from transformers import Trainer
 
 from spard.defenses.base import Defense, register
 from spard.training.base import SafetyTrainer
+
+
+@dataclass
+class LisaConfig:
+    """Lisa: alternate ``alignment_steps`` updates on safety data and ``finetune_steps`` on user data,
+    each with a proximal term ``rho/2 ||theta - theta_switch||^2`` to the weights at the last switch."""
+
+    alignment_steps: int = 100
+    finetune_steps: int = 900
+    rho: float = 1.0
+    alignment_batch_size: int | None = None  # default: the fine-tuning batch size
+    #: Share of all updates made before the proximal term starts (the authors' code: 0.1, "for GSM8K
+    #: the proximal term hurts convergence"); 0 = from the first update.
+    proximal_from: float = 0.0
 
 
 def proximal_term(params: list[torch.nn.Parameter], anchor: list[torch.Tensor], rho: float) -> torch.Tensor:

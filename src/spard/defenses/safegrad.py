@@ -18,12 +18,22 @@ otherwise ``g_u`` is applied unchanged. Inner products are over all trainable we
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from spard.defenses.base import Defense, register
 from spard.training.base import SafetyTrainer
+
+
+@dataclass
+class SafeGradConfig:
+    """SafeGrad: remove the conflicting component of the user gradient along the alignment gradient.
+    ``alignment_loss``: ``kl`` (the paper: KL to the aligned start model on safety data) or ``ce``."""
+
+    alignment_batch_size: int = 4
+    alignment_loss: str = "kl"
 
 
 def remove_conflict(user: Sequence[torch.Tensor], align: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], bool, float]:

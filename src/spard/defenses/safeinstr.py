@@ -9,9 +9,18 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from spard.data.records import Example
 from spard.defenses.base import Defense, register
+
+
+@dataclass
+class SafeInstrConfig:
+    """SafeInstr: mix ``k`` safety samples (the SPARD budget) into the fine-tuning set, drawn from the
+    shared pool (``safe_pool``, the fairness default) or from ``data.safety_demos`` (``safety_demos``)."""
+
+    source: str = "safe_pool"
 
 
 @register

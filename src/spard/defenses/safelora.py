@@ -15,11 +15,30 @@ form also rescales.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from spard.defenses.base import Defense, register
+
+
+@dataclass
+class SafeLoRAConfig:
+    """SafeLoRA: project LoRA updates of layers whose update drifts from the alignment direction.
+
+    ``unaligned_model`` is the base model before safety alignment; the aligned model is the one being
+    fine-tuned. Layers are projected where the cosine between the projected and the original update is
+    below ``threshold``, or, when ``num_layers`` is set, the ``num_layers`` least similar layers.
+    ``projection``: ``paper`` (V V^T / ||V||_F) or ``orthogonal`` (onto the top-``rank`` left singular
+    vectors of V; ``rank`` defaults to the LoRA rank).
+    """
+
+    unaligned_model: str | None = None
+    threshold: float = 0.5
+    num_layers: int | None = None
+    projection: str = "paper"
+    rank: int | None = None
 
 logger = logging.getLogger(__name__)
 

@@ -1,10 +1,19 @@
-"""The configuration of one fine-tuning run (``spard train``), loadable from YAML."""
+"""The configuration of one fine-tuning run (``spard train``), loadable from YAML.
+
+The shared sections live here; each defense's own settings are a dataclass in its defense module
+(``spard.defenses.lisa.LisaConfig``...), a section of :class:`TrainConfig` under the same YAML key.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from spard.data.config import DataConfig
+from spard.defenses.lisa import LisaConfig
+from spard.defenses.ptst import PTSTConfig
+from spard.defenses.safegrad import SafeGradConfig
+from spard.defenses.safeinstr import SafeInstrConfig
+from spard.defenses.safelora import SafeLoRAConfig
 from spard.models.adapters import LoraSettings
 from spard.models.loading import ModelConfig
 from spard.selection.selectors import SelectionConfig
@@ -53,68 +62,6 @@ class TrainingSettings:
     #: continue an interrupted run; 0 = none.
     save_steps: int = 0
     bf16: bool = False
-
-
-@dataclass
-class SafeInstrConfig:
-    """SafeInstr: mix ``k`` safety samples (the SPARD budget) into the fine-tuning set, drawn from the
-    shared pool (``safe_pool``, the fairness default) or from ``data.safety_demos`` (``safety_demos``)."""
-
-    source: str = "safe_pool"
-
-
-@dataclass
-class LisaConfig:
-    """Lisa: alternate ``alignment_steps`` updates on safety data and ``finetune_steps`` on user data,
-    each with a proximal term ``rho/2 ||theta - theta_switch||^2`` to the weights at the last switch."""
-
-    alignment_steps: int = 100
-    finetune_steps: int = 900
-    rho: float = 1.0
-    alignment_batch_size: int | None = None  # default: the fine-tuning batch size
-    #: Share of all updates made before the proximal term starts (the authors' code: 0.1, "for GSM8K
-    #: the proximal term hurts convergence"); 0 = from the first update.
-    proximal_from: float = 0.0
-
-
-@dataclass
-class PTSTConfig:
-    """PTST: train without a safety system prompt, evaluate with this one."""
-
-    eval_system_prompt: str = (
-        "You are a helpful, respectful and honest assistant. Always answer as helpfully as possible, while being "
-        "safe. Your answers should not include any harmful, unethical, racist, sexist, toxic, dangerous, or "
-        "illegal content. Please ensure that your responses are socially unbiased and positive in nature. If a "
-        "question does not make any sense, or is not factually coherent, explain why instead of answering something "
-        "not correct. If you don't know the answer to a question, please don't share false information."
-    )
-
-
-@dataclass
-class SafeGradConfig:
-    """SafeGrad: remove the conflicting component of the user gradient along the alignment gradient.
-    ``alignment_loss``: ``kl`` (the paper: KL to the aligned start model on safety data) or ``ce``."""
-
-    alignment_batch_size: int = 4
-    alignment_loss: str = "kl"
-
-
-@dataclass
-class SafeLoRAConfig:
-    """SafeLoRA: project LoRA updates of layers whose update drifts from the alignment direction.
-
-    ``unaligned_model`` is the base model before safety alignment; the aligned model is the one being
-    fine-tuned. Layers are projected where the cosine between the projected and the original update is
-    below ``threshold``, or, when ``num_layers`` is set, the ``num_layers`` least similar layers.
-    ``projection``: ``paper`` (V V^T / ||V||_F) or ``orthogonal`` (onto the top-``rank`` left singular
-    vectors of V; ``rank`` defaults to the LoRA rank).
-    """
-
-    unaligned_model: str | None = None
-    threshold: float = 0.5
-    num_layers: int | None = None
-    projection: str = "paper"
-    rank: int | None = None
 
 
 @dataclass
