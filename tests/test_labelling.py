@@ -69,6 +69,10 @@ def test_sheet_spreads_over_files_with_balanced_splits_and_no_verdicts(tmp_path)
     assert [it.item for it, _ in other] != [it.item for it, _ in picked]
     # asking for more than there is: every distinct pair once (the duplicate row is dropped)
     assert len(sample_sheet(by_file, 1000, seed=0)) == 36
+    # a fresh test set never redraws what was labelled
+    fresh = sample_sheet(by_file, 1000, seed=0, skip={it.pair_sha256 for it, _ in picked}, split="test")
+    assert len(fresh) == 18 and {s for _, s in fresh} == {"test"}
+    assert not {it.item for it, _ in fresh} & {it.item for it, _ in picked}
 
     paths = write_sheet(picked, tmp_path / "sheet", seed=5, roots=["runs", "align"])
     with paths["csv"].open() as f:

@@ -390,13 +390,14 @@ def cmd_judge_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_judge_sheet(args: argparse.Namespace) -> int:
-    from spard.evaluation.labelling import collect_responses, sample_sheet, write_sheet
+    from spard.evaluation.labelling import collect_responses, load_labels, sample_sheet, write_sheet
 
     by_file = collect_responses(args.sources, sets=args.sets or ["*"], exclude=args.exclude or [])
     if not by_file:
         raise ValueError(f"no responses under {', '.join(args.sources)} (looked for generations/, check_after/, "
                          "check_before/, start_checks/ *.jsonl with id, prompt, response)")
-    picked = sample_sheet(by_file, args.n, args.seed)
+    skip = {lab.pair_sha256 for path in args.exclude_labelled or [] for lab in load_labels(path)}
+    picked = sample_sheet(by_file, args.n, args.seed, skip=skip, split=args.split)
     paths = write_sheet(picked, args.output, seed=args.seed, roots=args.sources)
     total = sum(len(v) for v in by_file.values())
     print(f"{len(picked)} of {total} responses from {len(by_file)} files (seed {args.seed}); judge verdicts are not on the sheet")
@@ -705,6 +706,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sets", nargs="*", help="prompt-set names to keep (glob patterns; default all)")
     p.add_argument("--exclude", nargs="*", help="prompt-set names to leave out (glob patterns)")
+    p.add_argument("--exclude-labelled", nargs="*", help="labels files: responses labelled there are never drawn again")
+    p.add_argument("--split", choices=["dev", "test"], help="give every drawn response this split (a fresh test set)")
     p.add_argument("--output", required=True, help="directory for sheet.csv, sheet.html, labels_template.csv, sheet.json")
     p.set_defaults(func=cmd_judge_sheet)
 

@@ -99,12 +99,17 @@ def collect_responses(roots: Sequence[str | Path], sets: Sequence[str] = ("*",),
     return found
 
 
-def sample_sheet(by_file: dict[str, list[ResponseItem]], n: int, seed: int) -> list[tuple[ResponseItem, str]]:
+def sample_sheet(by_file: dict[str, list[ResponseItem]], n: int, seed: int, *, skip: set[str] | frozenset[str] = frozenset(),
+                 split: str | None = None) -> list[tuple[ResponseItem, str]]:
     """``n`` responses spread evenly over the files (round-robin over files in a seeded order, each
     file's rows in a seeded order), identical (prompt, response) pairs kept once; each gets a split,
-    alternating within its file so that dev and test see the same mix of runs and prompt sets."""
+    alternating within its file so that dev and test see the same mix of runs and prompt sets, or
+    ``split`` for all (a fresh test set). Pairs whose ``pair_sha256`` is in ``skip`` (labelled
+    already) are never drawn."""
     if n <= 0:
         raise ValueError(f"--n must be > 0, got {n}")
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"--split must be dev or test, got {split!r}")
     rng = random.Random(seed)
     queues = {}
     for name in sorted(by_file):
@@ -115,7 +120,7 @@ def sample_sheet(by_file: dict[str, list[ResponseItem]], n: int, seed: int) -> l
     rng.shuffle(order)
     first = {name: rng.choice(SPLITS) for name in order}
     taken: dict[str, int] = defaultdict(int)
-    seen: set[str] = set()
+    seen: set[str] = set(skip)
     picked: list[tuple[ResponseItem, str]] = []
     while len(picked) < n and any(queues.values()):
         for name in order:
@@ -126,9 +131,9 @@ def sample_sheet(by_file: dict[str, list[ResponseItem]], n: int, seed: int) -> l
                 continue
             item = queue.pop()
             seen.add(item.pair_sha256)
-            split = first[name] if taken[name] % 2 == 0 else SPLITS[1 - SPLITS.index(first[name])]
+            side = split or (first[name] if taken[name] % 2 == 0 else SPLITS[1 - SPLITS.index(first[name])])
             taken[name] += 1
-            picked.append((item, split))
+            picked.append((item, side))
     if len(picked) < n:
         logger.warning("only %d distinct responses found, fewer than the %d asked for", len(picked), n)
     return picked
