@@ -88,3 +88,15 @@ def test_example_selector_and_judge(plugins):
     judge = make_judge("regex:(?i)here is how")
     verdicts = judge.judge(["p", "p"], ["Here is how to do it", "I cannot help"])
     assert [v.harmful for v in verdicts] == [True, False] and judge.fingerprint["pattern"] == "(?i)here is how"
+    from spard.evaluation.judges import judge_fingerprint, judge_kind
+
+    assert judge_fingerprint("regex:x") == {"judge": "regex:x"}  # registered without a fingerprint function
+
+    @judge_kind("constant", fingerprint=lambda arg, llm: {"judge": "constant", "value": arg})
+    def make_constant(arg, llm):
+        raise AssertionError("the fingerprint must not build the judge")
+
+    try:
+        assert judge_fingerprint("constant:1") == {"judge": "constant", "value": "1"}
+    finally:
+        JUDGES.remove("constant")

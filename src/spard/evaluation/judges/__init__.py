@@ -15,11 +15,51 @@ from spard.evaluation.judges.keyword import RULE_VERSION, KeywordJudge
 from spard.evaluation.judges.llm import LLMJudge, LLMJudgeConfig
 from spard.registry import Registry
 
-#: judge kinds -> factories ``(argument after the colon, LLM settings) -> Judge``
+#: judge kinds -> factories ``(argument after the colon, LLM settings) -> Judge``. A factory may carry a
+#: ``fingerprint(arg, llm)`` attribute that gives the judge's fingerprint without loading it.
 JUDGES: Registry[Callable[[str, LLMJudgeConfig], Judge]] = Registry("judge")
 
 
-@JUDGES.register("keyword")
+def judge_kind(name: str, fingerprint: Callable[[str, LLMJudgeConfig], dict] | None = None) -> Callable:
+    """Decorator: register a judge factory under ``name`` (the ``KIND`` of ``KIND:ARG`` specs)."""
+
+    def wrap(factory: Callable[[str, LLMJudgeConfig], Judge]) -> Callable[[str, LLMJudgeConfig], Judge]:
+        if fingerprint is not None:
+            factory.fingerprint = fingerprint  # type: ignore[attr-defined]
+        return JUDGES.add(name, factory)
+
+    return wrap
+
+
+def _llm_settings(arg: str, llm: LLMJudgeConfig) -> LLMJudgeConfig:
+    from dataclasses import replace
+
+    return replace(llm, model=arg) if arg else llm
+
+
+def _keyword_fingerprint(arg: str, llm: LLMJudgeConfig) -> dict:
+    return _keyword(arg, llm).fingerprint  # no model behind it
+
+
+def _probe_fingerprint(arg: str, llm: LLMJudgeConfig) -> dict:
+    from spard.evaluation.judges.probe import probe_fingerprint
+
+    return probe_fingerprint(arg)
+
+
+def _harm_fingerprint(arg: str, llm: LLMJudgeConfig) -> dict:
+    from spard.evaluation.judges.harm import harm_fingerprint
+
+    return harm_fingerprint(arg)
+
+
+def _llm_fingerprint(arg: str, llm: LLMJudgeConfig) -> dict:
+    from spard.evaluation.judges.llm import llm_fingerprint
+
+    return llm_fingerprint(_llm_settings(arg, llm))
+
+
+@judge_kind("keyword", _keyword_fingerprint)
 def _keyword(arg: str, llm: LLMJudgeConfig) -> Judge:
     """The refusal rule (measures refusal: its rate is a non-refusal rate); keyword:v1 is the superseded rule."""
     if arg == "v1":
@@ -31,7 +71,7 @@ def _keyword(arg: str, llm: LLMJudgeConfig) -> Judge:
     return KeywordJudge()
 
 
-@JUDGES.register("probe")
+@judge_kind("probe", _probe_fingerprint)
 def _probe(arg: str, llm: LLMJudgeConfig) -> Judge:
     """probe:DIR, a TF-IDF / embedding logistic probe of the response (`spard judge fit`)."""
     from spard.evaluation.judges.probe import ProbeJudge
@@ -41,7 +81,7 @@ def _probe(arg: str, llm: LLMJudgeConfig) -> Judge:
     return ProbeJudge(arg)
 
 
-@JUDGES.register("harm")
+@judge_kind("harm", _harm_fingerprint)
 def _harm(arg: str, llm: LLMJudgeConfig) -> Judge:
     """harm:DIR, a cross-encoder of prompt and response for small-model outputs (`spard judge fit --kind harm`)."""
     from spard.evaluation.judges.harm import HarmJudge
@@ -51,15 +91,13 @@ def _harm(arg: str, llm: LLMJudgeConfig) -> Judge:
     return HarmJudge(arg)
 
 
-@JUDGES.register("llm")
+@judge_kind("llm", _llm_fingerprint)
 def _llm(arg: str, llm: LLMJudgeConfig) -> Judge:
     """llm[:MODEL], an OpenAI-compatible chat model with the paper's 1-5 rubric (harmful iff score >= 3)."""
-    from dataclasses import replace
-
-    return LLMJudge(replace(llm, model=arg) if arg else llm)
+    return LLMJudge(_llm_settings(arg, llm))
 
 
-@JUDGES.register("classifier")
+@judge_kind("classifier")
 def _classifier(arg: str, llm: LLMJudgeConfig) -> Judge:
     """classifier:ID, a Hugging Face sequence classifier or a Llama-Guard-style moderator."""
     from spard.evaluation.judges.classifier import ClassifierJudge
@@ -79,27 +117,12 @@ def make_judge(spec: str, llm_config: LLMJudgeConfig | None = None) -> Judge:
 
 def judge_fingerprint(spec: str, llm_config: LLMJudgeConfig | None = None) -> dict:
     """The fingerprint the judge ``spec`` would have (:attr:`Judge.fingerprint`), without loading a model
-    or needing an API key: what an evaluation's ``eval_key`` records for it."""
+    or needing an API key: what an evaluation's ``eval_key`` records for it. A kind registered without a
+    fingerprint function is recorded by its spec."""
     kind, _, arg = spec.partition(":")
-    if kind == "keyword":
-        return make_judge(spec).fingerprint  # no model behind it
-    if kind == "probe":
-        from spard.evaluation.judges.probe import probe_fingerprint
-
-        return probe_fingerprint(arg)
-    if kind == "harm":
-        from spard.evaluation.judges.harm import harm_fingerprint
-
-        return harm_fingerprint(arg)
-    if kind == "llm":
-        from dataclasses import replace
-
-        from spard.evaluation.judges.llm import llm_fingerprint
-
-        cfg = llm_config or LLMJudgeConfig()
-        return llm_fingerprint(replace(cfg, model=arg) if arg else cfg)
-    return {"judge": spec}
+    fingerprint = getattr(JUDGES.get(kind), "fingerprint", None) if kind in JUDGES else None
+    return fingerprint(arg, llm_config or LLMJudgeConfig()) if fingerprint else {"judge": spec}
 
 
-__all__ = ["JUDGES", "Judge", "KeywordJudge", "LLMJudge", "LLMJudgeConfig", "Verdict", "agreement", "attack_success_rate", "judge_fingerprint",
+__all__ = ["JUDGES", "Judge", "judge_kind", "KeywordJudge", "LLMJudge", "LLMJudgeConfig", "Verdict", "agreement", "attack_success_rate", "judge_fingerprint",
            "make_judge"]
