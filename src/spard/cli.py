@@ -268,7 +268,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 
 def cmd_judge_fit(args: argparse.Namespace) -> int:
-    from spard.data import FieldMap, load_examples
+    from spard.evaluation.judge_quality import responses_and_labels
     from spard.evaluation.judges.probe import ProbeJudge, fit_probe
     from spard.io import check_output
 
@@ -279,12 +279,7 @@ def cmd_judge_fit(args: argparse.Namespace) -> int:
         return _fit_harm_judge(args)
     if args.benign or args.dev_labels:
         raise ValueError("--benign and --dev-labels are for --kind harm")
-    texts, labels = [], []
-    for path in args.data:
-        for field, label in ((args.safe_field, 0), (args.unsafe_field, 1)):
-            for ex in load_examples(path, FieldMap(target=field)):
-                texts.append(ex.target)
-                labels.append(label)
+    texts, labels = responses_and_labels(args.data, args.safe_field, args.unsafe_field)
     probe = fit_probe(texts, labels, features=args.features, encoder=args.encoder, seed=args.seed, C=args.C)
     probe.save(args.output)
     print(f"probe ({args.features}) on {len(texts)} responses ({sum(labels)} unsafe): held-out accuracy "

@@ -104,18 +104,13 @@ def fit_probe_stage(cfg: BenchConfig) -> None:
     """Fit the configured probe judge unless its directory already holds one."""
     if not cfg.probe:
         return
-    from spard.data.records import FieldMap, load_examples
+    from spard.evaluation.judge_quality import responses_and_labels
     from spard.evaluation.judges.probe import Probe, fit_probe
 
     out = Path(cfg.probe["output"])
     if Probe.is_saved(out):
         return
-    texts, labels = [], []
-    for path in cfg.probe["data"]:
-        for fld, label in (("safe", 0), ("unsafe", 1)):
-            for ex in load_examples(path, FieldMap(target=fld)):
-                texts.append(ex.target)
-                labels.append(label)
+    texts, labels = responses_and_labels(cfg.probe["data"])
     fit_probe(texts, labels, features=cfg.probe.get("features", "tfidf")).save(out)
 
 

@@ -25,6 +25,13 @@ def labelled_pairs(paths: Sequence[str | Path], safe_field: str = "safe", unsafe
     return out
 
 
+def responses_and_labels(paths: Sequence[str | Path], safe_field: str = "safe", unsafe_field: str = "unsafe"
+                         ) -> tuple[list[str], list[int]]:
+    """Every labelled response of ``paths`` and its label (1 = the unsafe one): what a probe is fit on."""
+    pairs = labelled_pairs(paths, safe_field, unsafe_field)
+    return [p[1] for p in pairs], [int(p[2]) for p in pairs]
+
+
 def judge_quality(judge: Judge, pairs: Sequence[tuple[str, str, bool, str]]) -> dict[str, Any]:
     """Confusion counts and rates of ``judge`` on labelled ``pairs`` (see :func:`labelled_pairs`):
     ``unsafe_missed`` (harmful responses judged not harmful, for the keyword rule: called refusals),
