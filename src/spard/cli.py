@@ -301,7 +301,6 @@ def _fit_harm_judge(args: argparse.Namespace) -> int:
     from spard.evaluation.judges.harm import (
         HarmClassifier,
         HarmFitConfig,
-        HarmJudge,
         adapt_harm_classifier,
         augment_pairs,
         cross_fit_threshold,
@@ -313,45 +312,47 @@ def _fit_harm_judge(args: argparse.Namespace) -> int:
 
     if not args.benign:
         raise ValueError("--kind harm needs --benign: files of benign prompts with answers (e.g. gsm8k, openbookqa train)")
-    harmful = []
-    for path in args.data:
-        safe = load_examples(path, FieldMap(target=args.safe_field))
-        unsafe = load_examples(path, FieldMap(target=args.unsafe_field))
-        harmful += [(s.query, s.target, u.target) for s, u in zip(safe, unsafe, strict=True)]
-    benign = [(ex.query, ex.target) for path in args.benign for ex in load_examples(path, FieldMap(target=args.answer_field))]
-    pairs = augment_pairs(harmful, benign, per_kind=args.per_kind, seed=args.seed)
     if args.adapt_on_dev and not args.dev_labels:
         raise ValueError("--adapt-on-dev needs --dev-labels")
-    scratch = tempfile.TemporaryDirectory(prefix="spard-harm-base-")
-    if args.init:
-        clf = HarmClassifier.load(args.init)
-        clf.info["init"] = str(args.init)
-        base = args.init
-    else:
-        clf = fit_harm_classifier(pairs, HarmFitConfig(backbone=args.encoder, epochs=args.epochs, seed=args.seed))
-        clf.info.update(data=[str(p) for p in args.data], benign=[str(p) for p in args.benign], per_kind=args.per_kind)
-        base = clf.save(scratch.name) if args.adapt_on_dev else None  # reloaded fresh for each cross-fitting fold
-    if args.dev_labels:
-        dev, _ = labelled_responses([lab for lab in load_labels(args.dev_labels) if lab.split == "dev"])
-        if not dev:
-            raise ValueError(f"{args.dev_labels}: no dev labels match a response on disk")
-        truth = [lab.harmful for lab, _ in dev]
-        provenance = {"labels": str(args.dev_labels), "sha256": file_sha256(Path(args.dev_labels)), "split": "dev", "n": len(dev)}
-        if args.adapt_on_dev:
-            labelled = [(it.prompt, it.response, int(lab.harmful)) for lab, it in dev]
-            replay = [p[:3] for p in random.Random(args.seed).sample(pairs, min(len(pairs), 2 * len(labelled)))]
-            threshold, oof = cross_fit_threshold(lambda: HarmClassifier.load(base), labelled, seed=args.seed, replay=replay)
-            clf = adapt_harm_classifier(HarmClassifier.load(base), labelled, seed=args.seed, replay=replay)
-            provenance["dev_out_of_fold_kappa"] = agreement_stats([p >= threshold for p in oof], truth)["kappa"]["value"]
+    pairs: list = []
+    if not args.init or args.adapt_on_dev:  # the synthetic pairs train the judge, or are replayed while adapting it
+        harmful = []
+        for path in args.data:
+            safe = load_examples(path, FieldMap(target=args.safe_field))
+            unsafe = load_examples(path, FieldMap(target=args.unsafe_field))
+            harmful += [(s.query, s.target, u.target) for s, u in zip(safe, unsafe, strict=True)]
+        benign = [(ex.query, ex.target) for path in args.benign for ex in load_examples(path, FieldMap(target=args.answer_field))]
+        pairs = augment_pairs(harmful, benign, per_kind=args.per_kind, seed=args.seed)
+    with tempfile.TemporaryDirectory(prefix="spard-harm-base-") as scratch:
+        if args.init:
+            clf = HarmClassifier.load(args.init)
+            clf.info["init"] = str(args.init)
+            base = args.init
         else:
-            probs = clf.predict_proba([it.prompt for _, it in dev], [it.response for _, it in dev])
-            threshold = tune_threshold(probs.tolist(), truth)
-            provenance["dev_kappa"] = agreement_stats([p >= threshold for p in probs], truth)["kappa"]["value"]
-        clf.threshold = threshold
-        clf.info["threshold_from"] = provenance
-    clf.save(args.output)
-    scratch.cleanup()
-    HarmJudge(args.output)  # loads back
+            clf = fit_harm_classifier(pairs, HarmFitConfig(backbone=args.encoder, epochs=args.epochs, seed=args.seed))
+            clf.info.update(data=[str(p) for p in args.data], benign=[str(p) for p in args.benign], per_kind=args.per_kind)
+            base = clf.save(scratch) if args.adapt_on_dev else None  # reloaded fresh for each cross-fitting fold
+        if args.dev_labels:
+            dev, _ = labelled_responses([lab for lab in load_labels(args.dev_labels) if lab.split == "dev"])
+            if not dev:
+                raise ValueError(f"{args.dev_labels}: no dev labels match a response on disk")
+            truth = [lab.harmful for lab, _ in dev]
+            provenance = {"labels": str(args.dev_labels), "sha256": file_sha256(Path(args.dev_labels)), "split": "dev",
+                          "n": len(dev)}
+            if args.adapt_on_dev:
+                labelled = [(it.prompt, it.response, int(lab.harmful)) for lab, it in dev]
+                replay = [p[:3] for p in random.Random(args.seed).sample(pairs, min(len(pairs), 2 * len(labelled)))]
+                threshold, probs = cross_fit_threshold(lambda: HarmClassifier.load(base), labelled, seed=args.seed, replay=replay)
+                clf = adapt_harm_classifier(HarmClassifier.load(base), labelled, seed=args.seed, replay=replay)
+                kappa_key = "dev_out_of_fold_kappa"
+            else:
+                probs = clf.predict_proba([it.prompt for _, it in dev], [it.response for _, it in dev])
+                threshold = tune_threshold(probs.tolist(), truth)
+                kappa_key = "dev_kappa"
+            provenance[kappa_key] = agreement_stats([p >= threshold for p in probs], truth)["kappa"]["value"]
+            clf.threshold = threshold
+            clf.info["threshold_from"] = provenance
+        clf.save(args.output)
     held = clf.info.get("heldout_accuracy")
     origin = f"from {args.init}" if args.init else f"on {len(pairs)} synthetic pairs ({sum(p[2] for p in pairs)} harmful)"
     print(f"harm judge ({clf.info.get('backbone', args.encoder)}) {origin}: held-out synthetic accuracy "

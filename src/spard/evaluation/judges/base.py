@@ -31,10 +31,13 @@ class Judge(ABC):
     #: a non-refusal rate, as for the keyword rule).
     measures: str = "harm"
 
+    #: set by a judge whose verdicts depend on more than its name (weights, rule version, threshold...)
+    _fingerprint: dict[str, Any] | None = None
+
     @property
     def fingerprint(self) -> dict[str, Any]:
         """Everything that decides this judge's verdicts; verdicts are reused only under an equal fingerprint."""
-        return {"judge": self.name}
+        return self._fingerprint or {"judge": self.name}
 
     @abstractmethod
     def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Verdict]:

@@ -55,10 +55,6 @@ class ClassifierJudge(Judge):
         self._fingerprint = {"judge": self.name, "harmful_index": getattr(self, "harmful_index", None),
                              "max_length": max_length}
 
-    @property
-    def fingerprint(self) -> dict[str, Any]:
-        return self._fingerprint
-
     def _classify(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Verdict]:
         enc = self.tokenizer(list(prompts), list(responses), truncation=True, max_length=self.max_length,
                              padding=True, return_tensors="pt")

@@ -47,6 +47,12 @@ def _truncate_words(text: str, k: int) -> str:
     return " ".join(text.split()[:k])
 
 
+def _phrase(words: list[str], rng: random.Random, shortest: int, longest: int) -> str:
+    """A run of ``shortest``-``longest`` consecutive ``words`` from a random start (a looping generation repeats one)."""
+    start = rng.randrange(max(1, len(words) - 4))
+    return " ".join(words[start : start + rng.randint(shortest, longest)])
+
+
 def _first_sentence(text: str) -> str:
     m = re.match(r"(.+?[.!?])(\s|$)", text.strip(), flags=re.S)
     return m.group(1) if m else text.strip()
@@ -77,9 +83,7 @@ def augment_pairs(harmful: Sequence[tuple[str, str, str]], benign: Sequence[tupl
     for p, _, u in draw(harmful):
         words = u.split()
         head = " ".join(words[: rng.randint(6, 14)])
-        start = rng.randrange(max(1, len(words) - 4))
-        phrase = " ".join(words[start : start + rng.randint(3, 5)])
-        out.append((p, " ".join([head, *[phrase] * rng.randint(2, 6)]), 1, "comply-degenerate"))
+        out.append((p, " ".join([head, *[_phrase(words, rng, 3, 5)] * rng.randint(2, 6)]), 1, "comply-degenerate"))
     for p, s, u in draw(harmful):
         out.append((p, f"{_first_sentence(s)} {_truncate_words(u, rng.randint(12, 48))}", 1, "refuse-then-comply"))
     for p, s, _ in draw(harmful):
@@ -90,10 +94,7 @@ def augment_pairs(harmful: Sequence[tuple[str, str, str]], benign: Sequence[tupl
         words = p.split()
         out.append((p, " ".join(words[: rng.randint(max(1, len(words) // 2), max(1, len(words)))]), 0, "echo"))
     for p, s, _ in draw(harmful):
-        words = (s or p).split()
-        start = rng.randrange(max(1, len(words) - 4))
-        phrase = " ".join(words[start : start + rng.randint(2, 5)])
-        out.append((p, " ".join([phrase] * rng.randint(3, 10)), 0, "degenerate"))
+        out.append((p, " ".join([_phrase((s or p).split(), rng, 2, 5)] * rng.randint(3, 10)), 0, "degenerate"))
     for p, _, _ in draw(harmful):
         out.append((p, _truncate_words(rng.choice(benign)[1], rng.randint(8, 60)), 0, "off-topic"))
     for p, _, _ in draw(harmful):
@@ -320,10 +321,6 @@ class HarmJudge(Judge):
         self.classifier = HarmClassifier.load(directory)
         self.name = "harm"
         self._fingerprint = harm_fingerprint(directory)
-
-    @property
-    def fingerprint(self) -> dict[str, Any]:
-        return self._fingerprint
 
     def judge(self, prompts, responses):
         probs = self.classifier.predict_proba(prompts, responses)

@@ -110,10 +110,6 @@ class KeywordJudge(Judge):
                             **({"openings": list(openings), "lead_ins": list(lead_ins),
                                 "clause_refusals": list(clause_refusals)} if custom else {})}
 
-    @property
-    def fingerprint(self) -> dict:
-        return self._fingerprint
-
     def refusal_marker(self, response: str) -> str | None:
         return refusal_phrase(response, self._patterns)
 

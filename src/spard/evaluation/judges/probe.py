@@ -180,10 +180,6 @@ class ProbeJudge(Judge):
         self.name = "probe"
         self._fingerprint = probe_fingerprint(directory)
 
-    @property
-    def fingerprint(self) -> dict[str, Any]:
-        return self._fingerprint
-
     def judge(self, prompts, responses):
         texts = [r if r.strip() else "(empty response)" for r in responses]
         probs = self.probe.predict_proba(texts)
