@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 
 from spard.bench.runner import run_bench
 from spard.cli import main
-from spard.defenses import DEFENSES
+from spard.defenses.base import DEFENSE_SECTIONS, unregister
 from spard.evaluation.judges import JUDGES, make_judge
 from spard.registry import Registry
 from spard.selection.selectors import SELECTORS, SelectionConfig, make_selector
@@ -30,10 +32,14 @@ def plugins():
     found = examples()
     assert set(found) == {"defense", "selector", "judge"}
     for name, code in found.items():
-        assert len(code.strip().splitlines()) <= 30, f"the {name} example should stay short"
-        exec(compile(code, f"{DOC}:{name}", "exec"), {"__name__": f"example_{name}"})
+        assert len([line for line in code.splitlines() if line.strip()]) <= 30, f"the {name} example should stay short"
+        module = types.ModuleType(f"example_{name}")  # as a plugin module would be imported
+        sys.modules[module.__name__] = module
+        exec(compile(code, f"{DOC}:{name}", "exec"), module.__dict__)
     yield
-    DEFENSES.remove("grad-noise")
+    for name in found:
+        sys.modules.pop(f"example_{name}", None)
+    unregister("grad-noise")
     SELECTORS.remove("farthest-first")
     JUDGES.remove("regex")
 
@@ -61,10 +67,49 @@ def test_example_defense_trains_through_the_cli(plugins, tiny_model_dir, toy_dat
     out = tmp_path / "run"
     assert main(["train", "--model", str(tiny_model_dir), "--data", str(toy_data["task"]), "--defense", "grad-noise",
                  "--output-dir", str(out), "--max-steps", "2", "--batch-size", "4", "--lora-r", "4",
-                 "--no-progress"]) == 0
+                 "--set", "grad_noise.std=0.05", "--no-progress"]) == 0
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert [r["grad_noise_std"] for r in rows] == [1e-3, 1e-3]
+    assert [r["grad_noise_std"] for r in rows] == [0.05, 0.05]
     assert json.loads((out / "metrics.json").read_text())["defense"] == "grad-noise"
+    import yaml
+
+    assert yaml.safe_load((out / "config.yaml").read_text())["grad_noise"] == {"std": 0.05}
+
+
+def test_a_plugin_section_is_a_run_config_key_but_only_its_own_runs_are_keyed_by_it(plugins):
+    from spard.bench.config import run_key
+    from spard.config import ConfigError, from_dict, to_dict
+    from spard.training.config import TrainConfig
+
+    assert "grad_noise" in DEFENSE_SECTIONS
+    cfg = from_dict(TrainConfig, {"defense": "grad-noise", "grad_noise": {"std": 0.5}})
+    assert cfg.grad_noise.std == 0.5 and cfg.section("lisa").rho == 1.0  # others at their defaults
+    with pytest.raises(ConfigError, match=r"config\.grad_noise\.std: expected a number"):
+        from_dict(TrainConfig, {"grad_noise": {"std": "loud"}})
+    with pytest.raises(ConfigError, match="unknown field 'grad_nois'"):
+        from_dict(TrainConfig, {"grad_nois": {}})
+    sft = to_dict(from_dict(TrainConfig, {"defense": "sft"}))
+    noisy = to_dict(from_dict(TrainConfig, {"defense": "grad-noise"}))
+    # the plugin's section changes the keys of its own runs, never an sft run's
+    assert run_key(sft) == run_key({**sft, "grad_noise": {"std": 9.0}})
+    assert run_key(noisy) != run_key({**noisy, "grad_noise": {"std": 9.0}})
+
+
+def test_plugins_load_from_the_command_line_and_the_environment(tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_spard_plugin.py").write_text(
+        "from spard.evaluation.metrics import TASK_METRICS\n"
+        "TASK_METRICS.add('always-right', lambda response, reference: True, 'toy metric of a plugin')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert main(["--plugin", "my_spard_plugin", "list", "task"]) == 0
+        assert "always-right" in capsys.readouterr().out
+        monkeypatch.setenv("SPARD_PLUGINS", "no_such_spard_plugin")
+        assert main(["list"]) == 2
+        assert "plugin 'no_such_spard_plugin' could not be imported" in capsys.readouterr().err
+    finally:
+        from spard.evaluation.metrics import TASK_METRICS
+
+        TASK_METRICS.remove("always-right")
 
 
 def test_example_defense_runs_in_a_bench_grid(plugins, tiny_model_dir, toy_data, tmp_path):
@@ -74,8 +119,11 @@ def test_example_defense_runs_in_a_bench_grid(plugins, tiny_model_dir, toy_data,
     cfg.defenses = ["grad-noise"]
     cfg.grids = cfg.grids[:1]
     cfg.grids[0].defenses = ["grad-noise"]
+    cfg.train["grad_noise"] = {"std": 0.02}  # its section in the bench's YAML
     rows = run_bench(cfg, progress=False)
     assert [r["label"] for r in rows] == ["grad-noise"] and any(k.startswith("asr_mean[") for k in rows[0])
+    (log,) = (tmp_path / "bench").glob("runs/grad-noise-*/train_log.jsonl")
+    assert {json.loads(line)["grad_noise_std"] for line in log.read_text().splitlines()} == {0.02}
     assert "grad-noise" in (tmp_path / "bench" / "results.md").read_text()
 
 

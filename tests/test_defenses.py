@@ -81,8 +81,8 @@ def test_lisa_alternates_and_its_proximal_term_holds_weights_near_the_switch(tin
 
 def test_ptst_trains_without_and_evaluates_with_the_safety_prompt(tiny_model_dir, toy_data, tmp_path, monkeypatch):
     import spard.training.run as run_module
+    from spard.defenses.ptst import PTSTConfig
     from spard.evaluation.evaluate import EvalConfig, run_evaluation
-    from spard.training.config import PTSTConfig
 
     seen = []
     real = run_module.tokenize_examples

@@ -28,7 +28,7 @@ TRAIN_FLAGS: list[tuple[str, str, type | None, str]] = [
     ("--safety-demos", "data.safety_demos", str, "safety demonstrations for safeinstr"),
     ("--max-length", "data.max_length", int, "max tokens per training sequence"),
     ("--system-prompt", "data.system_prompt", str, "system prompt used while training"),
-    ("--defense", "defense", str, "sft, spard, safeinstr, lisa, ptst, safegrad or safelora"),
+    ("--defense", "defense", str, "sft, spard, safeinstr, lisa, ptst, safegrad, safelora or a plugin's (spard list)"),
     ("--output-dir", "output_dir", str, "where the run writes its artefacts"),
     ("--lr", "training.learning_rate", float, "learning rate"),
     ("--epochs", "training.epochs", float, "epochs (ignored when --max-steps > 0)"),
@@ -66,6 +66,36 @@ def _overrides(args: argparse.Namespace, flags: Sequence[tuple[str, str, type | 
     return {dest: getattr(args, dest) for _, dest, _, _ in flags if getattr(args, dest, None) is not None}
 
 
+def _set_values(items: Sequence[str]) -> dict[str, Any]:
+    """``--set lisa.rho=0.1`` -> ``{"lisa.rho": 0.1}`` (the value read as YAML: numbers, true/false, null, lists)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, for example lisa.rho=0.1")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({exc})") from None
+    return out
+
+
+def load_plugins(modules: Sequence[str]) -> None:
+    """Import each plugin module (its defenses, selectors, judges register themselves); also those named,
+    comma-separated, in ``$SPARD_PLUGINS``."""
+    import importlib
+    import os
+
+    names = [m for m in (*os.environ.get("SPARD_PLUGINS", "").split(","), *modules) if m.strip()]
+    for name in names:
+        try:
+            importlib.import_module(name.strip())
+        except ImportError as exc:
+            raise ConfigError(f"plugin {name.strip()!r} could not be imported: {exc}") from None
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -81,7 +111,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from spard.training.config import TrainConfig
     from spard.training.run import run_training
 
-    overrides = _overrides(args, TRAIN_FLAGS)
+    overrides = {**_set_values(args.set_values), **_overrides(args, TRAIN_FLAGS)}
     if args.full_finetune:
         overrides["lora.enabled"] = False
     if args.merge:
@@ -602,11 +632,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="spard", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first: its defenses, selectors, judges register themselves "
+                             "(repeatable; also $SPARD_PLUGINS, comma-separated)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="fine-tune a model with a defense (sft, spard, ...)")
     p.add_argument("--config", help="YAML config; flags override its fields")
     _add_flags(p, TRAIN_FLAGS)
+    p.add_argument("--set", dest="set_values", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config field by its dotted name, value as YAML (lisa.rho=0.1, a plugin's section.field=...); "
+                        "repeatable; the named flags win")
     p.add_argument("--full-finetune", action="store_true", help="train all weights instead of LoRA")
     p.add_argument("--merge", action="store_true", help="save the merged model instead of the adapter")
     p.add_argument("--overwrite", action="store_true",
@@ -771,6 +807,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        load_plugins(args.plugin)
         return func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -82,9 +82,18 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
-    """Build dataclass ``cls`` from a nested mapping; unknown keys and wrong types raise :class:`ConfigError`."""
+    """Build dataclass ``cls`` from a nested mapping; unknown keys and wrong types raise :class:`ConfigError`.
+    A class with a ``from_mapping(data, where)`` classmethod builds itself (its mapping has another shape
+    than its fields: the run config's defense sections)."""
     if isinstance(data, cls):
         return data
+    if hasattr(cls, "from_mapping"):
+        return cls.from_mapping(data, where)
+    return build_dataclass(cls, data, where)
+
+
+def build_dataclass(cls: type[T], data: Any, where: str = "config") -> T:
+    """:func:`from_dict` for a plain dataclass: one key per field, each coerced to the field's type."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -159,7 +168,8 @@ def check_ranges(obj: Any, where: str = "config") -> None:
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
-    return dataclasses.asdict(obj)
+    """The mapping :func:`from_dict` builds ``obj`` back from (``obj.to_mapping()`` where it has one)."""
+    return obj.to_mapping() if hasattr(obj, "to_mapping") else dataclasses.asdict(obj)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spard.config import ConfigError, config_hash, from_dict, merge, to_dict
+from spard.defenses.base import DEFENSES
 from spard.evaluation.evaluate import EvalConfig
-from spard.training.config import TrainConfig
+from spard.training.config import TrainConfig, defense_sections
 from spard.training.run import resolve_config
 
 #: In ``models``, this name stands for the output of the config's alignment stage.
@@ -134,10 +135,21 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
+#: The defense sections every run config carried when runs were first keyed. A section that a defense
+#: registered later (a plugin) enters only the keys of its own defense's runs, so loading a plugin does
+#: not turn finished runs of other defenses stale.
+KEYED_SECTIONS = ("spag", "safeinstr", "lisa", "ptst", "safegrad", "safelora")
+
+
 def run_key(train: dict[str, Any]) -> str:
     """The key of a run with the resolved training config ``train``: the hash of ``train`` without the
-    settings of :data:`KEY_NEUTRAL_DEFAULTS` that have their neutral value."""
+    settings of :data:`KEY_NEUTRAL_DEFAULTS` that have their neutral value, and without the sections of
+    other defenses than its own beyond :data:`KEYED_SECTIONS`."""
     pruned = json.loads(json.dumps(train, default=str))
+    own = DEFENSES.get(pruned["defense"]).section_name() if pruned.get("defense") in DEFENSES else None
+    for name in defense_sections():
+        if name not in KEYED_SECTIONS and name != own:
+            pruned.pop(name, None)
     for dotted, neutral in KEY_NEUTRAL_DEFAULTS.items():
         *parents, leaf = dotted.split(".")
         node = pruned

@@ -123,19 +123,20 @@ class Lisa(Defense):
     """Lisa: alternates alignment updates on safety data with fine-tuning updates, a proximal pull between them."""
 
     name = "lisa"
+    config_class = LisaConfig
     uses_safety_data = True
     trainer_class = LisaTrainer
 
     def check(self) -> None:
         super().check()
-        if self.config.lisa.finetune_steps <= 0 or self.config.lisa.alignment_steps < 0:
+        if self.settings.finetune_steps <= 0 or self.settings.alignment_steps < 0:
             raise ValueError("lisa.finetune_steps must be > 0 and lisa.alignment_steps >= 0")
 
     def total_updates(self, utility_updates: int) -> int:
         """Updates needed so that ``utility_updates`` of them are on user data."""
-        a, f = self.config.lisa.alignment_steps, self.config.lisa.finetune_steps
+        a, f = self.settings.alignment_steps, self.settings.finetune_steps
         full, rest = divmod(utility_updates, f)
         return full * (a + f) + (a + rest if rest else 0)
 
     def trainer_kwargs(self, heldout_dataset: Any = None) -> dict[str, Any]:
-        return {"lisa_config": self.config.lisa}
+        return {"lisa_config": self.settings}

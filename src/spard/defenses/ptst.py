@@ -27,13 +27,14 @@ class PTST(Defense):
     """PTST: fine-tune without a safety system prompt, evaluate with one (pure tuning, safe testing)."""
 
     name = "ptst"
+    config_class = PTSTConfig
 
     def trains_like(self) -> str | None:
         # Plain fine-tuning trains with data.system_prompt; without one the two runs are the same.
-        return "sft" if self.config.data.system_prompt is None else None
+        return "sft" if self.data.system_prompt is None else None
 
     def train_system_prompt(self) -> str | None:
         return None
 
     def eval_system_prompt(self) -> str | None:
-        return self.config.ptst.eval_system_prompt
+        return self.settings.eval_system_prompt

@@ -121,13 +121,14 @@ class SafeGrad(Defense):
     """SafeGrad: remove the user gradient's component that conflicts with the alignment gradient (KL or CE)."""
 
     name = "safegrad"
+    config_class = SafeGradConfig
     uses_safety_data = True
     trainer_class = SafeGradTrainer
 
     def check(self) -> None:
         super().check()
-        if self.config.safegrad.alignment_loss not in ("kl", "ce"):
-            raise ValueError(f"safegrad.alignment_loss must be 'kl' or 'ce', got {self.config.safegrad.alignment_loss!r}")
+        if self.settings.alignment_loss not in ("kl", "ce"):
+            raise ValueError(f"safegrad.alignment_loss must be 'kl' or 'ce', got {self.settings.alignment_loss!r}")
 
     def trainer_kwargs(self, heldout_dataset: Any = None) -> dict[str, Any]:
-        return {"safegrad_config": self.config.safegrad}
+        return {"safegrad_config": self.settings}

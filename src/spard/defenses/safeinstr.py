@@ -28,24 +28,25 @@ class SafeInstr(Defense):
     """SafeInstr: mix the k safety samples into the fine-tuning data."""
 
     name = "safeinstr"
+    config_class = SafeInstrConfig
     uses_safety_data = True
 
     def check(self) -> None:
-        if self.config.safeinstr.source == "safety_demos":
-            if not self.config.data.safety_demos:
+        if self.settings.source == "safety_demos":
+            if not self.data.safety_demos:
                 raise ValueError("safeinstr.source is safety_demos: set data.safety_demos (--safety-demos)")
-        elif self.config.safeinstr.source != "safe_pool":
-            raise ValueError(f"safeinstr.source must be safe_pool or safety_demos, got {self.config.safeinstr.source!r}")
+        elif self.settings.source != "safe_pool":
+            raise ValueError(f"safeinstr.source must be safe_pool or safety_demos, got {self.settings.source!r}")
         else:
             super().check()
 
     def safety_source(self) -> tuple[str, str]:
-        d = self.config.data
-        if self.config.safeinstr.source == "safety_demos":
+        d = self.data
+        if self.settings.source == "safety_demos":
             return d.safety_demos, d.safety_demos_target_field
         return super().safety_source()
 
     def training_examples(self, task: Sequence[Example], safe: Sequence[Example]) -> list[Example]:
         mixed = list(task) + [ex.with_origin("safety") for ex in safe]
-        random.Random(self.config.training.seed).shuffle(mixed)
+        random.Random(self.seed).shuffle(mixed)
         return mixed

@@ -122,20 +122,21 @@ class SafeLoRA(Defense):
     """SafeLoRA: after training, project the LoRA update of the least aligned layers onto the alignment subspace."""
 
     name = "safelora"
+    config_class = SafeLoRAConfig
 
     def check(self) -> None:
-        if not self.config.safelora.unaligned_model:
+        if not self.settings.unaligned_model:
             raise ValueError(
                 "safelora needs the model before safety alignment: set safelora.unaligned_model (--unaligned-model); "
                 "the model being fine-tuned is taken as the aligned one"
             )
-        if not self.config.lora.enabled:
+        if not self.lora.enabled:
             raise ValueError("safelora projects LoRA updates: it cannot run with full fine-tuning")
 
     def after_training(self, model: Any) -> dict[str, Any]:
-        cfg = self.config.safelora
+        cfg = self.settings
         unaligned = load_weights(cfg.unaligned_model, set(lora_layers(model)))
         stats = apply_safelora(model, unaligned, threshold=cfg.threshold, num_layers=cfg.num_layers,
-                               form=cfg.projection, rank=cfg.rank or self.config.lora.r)
+                               form=cfg.projection, rank=cfg.rank or self.lora.r)
         stats["unaligned_model"] = cfg.unaligned_model
         return stats

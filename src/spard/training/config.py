@@ -1,23 +1,21 @@
 """The configuration of one fine-tuning run (``spard train``), loadable from YAML.
 
-The shared sections live here; each defense's own settings are a dataclass in its defense module
-(``spard.defenses.lisa.LisaConfig``...), a section of :class:`TrainConfig` under the same YAML key.
+The shared sections live here. Each defense's own settings are a dataclass in its defense module
+(``spard.defenses.lisa.LisaConfig``...), registered with the defense and read from the YAML key of the
+same name (``lisa: {rho: 0.1}``): :class:`TrainConfig` resolves those sections through
+:data:`spard.defenses.base.DEFENSE_SECTIONS`, so a new defense needs no edit here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 from spard.data.config import DataConfig
-from spard.defenses.lisa import LisaConfig
-from spard.defenses.ptst import PTSTConfig
-from spard.defenses.safegrad import SafeGradConfig
-from spard.defenses.safeinstr import SafeInstrConfig
-from spard.defenses.safelora import SafeLoRAConfig
 from spard.models.adapters import LoraSettings
 from spard.models.loading import ModelConfig
 from spard.selection.selectors import SelectionConfig
-from spard.training.spag import SPAGConfig
 
 #: A micro-batch holds at most this many tokens by default: 8 x 256 tokens of SmolLM2-135M (vocabulary
 #: 49,152) peak near 3 GB here (docs/results.md); 32 x 256 in one pass grew past 20 GB.
@@ -64,25 +62,75 @@ class TrainingSettings:
     bf16: bool = False
 
 
+def defense_sections() -> dict[str, type]:
+    """Every registered defense section -> its settings dataclass (the built-in defenses loaded)."""
+    import spard.defenses  # noqa: F401  (registers the built-in defenses)
+    from spard.defenses.base import DEFENSE_SECTIONS
+
+    return {name: DEFENSE_SECTIONS.get(name) for name in DEFENSE_SECTIONS.names()}
+
+
 @dataclass
 class TrainConfig:
+    """One fine-tuning run. Per-defense settings are in ``sections`` (by YAML key, ``section(name)``
+    or attribute access ``cfg.lisa``); a section not given holds its dataclass's defaults. In YAML and
+    in :meth:`to_dict` the sections are top-level keys, as if they were fields."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     defense: str = "spard"
-    spag: SPAGConfig = field(default_factory=SPAGConfig)
-    safeinstr: SafeInstrConfig = field(default_factory=SafeInstrConfig)
-    lisa: LisaConfig = field(default_factory=LisaConfig)
-    ptst: PTSTConfig = field(default_factory=PTSTConfig)
-    safegrad: SafeGradConfig = field(default_factory=SafeGradConfig)
-    safelora: SafeLoRAConfig = field(default_factory=SafeLoRAConfig)
     output_dir: str = "runs/train"
     merge: bool = False
     embedding_cache: str | None = "default"
     progress: bool = True
+    sections: dict[str, Any] = field(default_factory=dict)
+
+    def section(self, name: str) -> Any:
+        """The settings under the YAML key ``name`` (its defaults when not given; kept, so edits stick)."""
+        known = defense_sections()
+        if name not in known:
+            raise ValueError(f"no defense has a settings section {name!r} (known: {', '.join(sorted(known))})")
+        if name not in self.sections:
+            self.sections[name] = known[name]()
+        return self.sections[name]
+
+    def __getattr__(self, name: str) -> Any:
+        # only called for names that are not fields: ``cfg.spag``, ``cfg.lisa``...
+        if name.startswith("_") or name == "sections":
+            raise AttributeError(name)
+        try:
+            return self.section(name)
+        except ValueError:
+            raise AttributeError(f"TrainConfig has no field or defense section {name!r}") from None
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], where: str) -> TrainConfig:
+        """Build from a mapping whose defense sections are top-level keys (YAML, flags, ``config.yaml``)."""
+        from spard.config import ConfigError, build_dataclass, from_dict
+
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+        known = defense_sections()
+        fields = {f.name for f in dataclasses.fields(cls)} - {"sections"}
+        unknown = sorted(set(data) - fields - set(known))
+        if unknown:
+            raise ConfigError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(fields | set(known)))})")
+        sections = {name: from_dict(known[name], value, f"{where}.{name}") for name, value in data.items() if name in known}
+        shared = {name: value for name, value in data.items() if name in fields}
+        config = build_dataclass(cls, shared, where)
+        config.sections = sections
+        return config
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Shared fields, then every registered defense section (defaults where not given) as top-level keys."""
+        out = {f.name: dataclasses.asdict(getattr(self, f.name)) if dataclasses.is_dataclass(getattr(self, f.name))
+               else getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "sections"}
+        for name in defense_sections():
+            out[name] = dataclasses.asdict(self.section(name))
+        return out
 
 
-__all__ = ["MICRO_BATCH_TOKENS", "DataConfig", "LisaConfig", "PTSTConfig", "SafeGradConfig", "SafeInstrConfig", "SafeLoRAConfig",
-           "TrainConfig", "TrainingSettings", "micro_batching"]
+__all__ = ["MICRO_BATCH_TOKENS", "DataConfig", "TrainConfig", "TrainingSettings", "defense_sections", "micro_batching"]
