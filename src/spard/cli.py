@@ -500,6 +500,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         overrides["judges"] = args.judge
     if args.no_progress:
         overrides["progress"] = False
+    if args.task_loglik:
+        overrides["task_loglik"] = True
+    if args.task_labels:
+        overrides["task_labels"] = args.task_labels
     cfg = load_config(EvalConfig, args.config, overrides)
     from spard.io import check_output
 
@@ -513,7 +517,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 EVAL_FLAGS: list[tuple[str, str, type | None, str]] = [
     ("--model", "model.name", str, "model, adapter directory (RUN/model), alias or hub id"),
     ("--task-data", "task_data", str, "task test set"),
-    ("--task", "task", str, "gsm8k, openbookqa, exact or contains"),
+    ("--task", "task", str, "gsm8k, openbookqa, label (SST-2, AG News), exact or contains"),
     ("--limit", "harmful_limit", int, "first N prompts of each harmful file"),
     ("--task-limit", "task_limit", int, "first N task items"),
     ("--benign-limit", "benign_limit", int, "first N prompts of each benign (over-refusal) file"),
@@ -760,6 +764,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML EvalConfig; flags override")
     p.add_argument("--harmful-data", nargs="*", help="harmful prompt files (one ASR each)")
     p.add_argument("--benign-data", nargs="*", help="benign prompt files: over-refusal on each (e.g. safety/benign/*.jsonl)")
+    p.add_argument("--task-loglik", action="store_true",
+                   help="also score the task without generating: the most likely label (one forward pass per prompt and label)")
+    p.add_argument("--task-labels", nargs="+", help="a classification task's labels (default: the distinct references of --task-data)")
     p.add_argument("--judge", action="append", help="judge spec; repeat for several (default keyword)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--overwrite", action="store_true",

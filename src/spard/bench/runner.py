@@ -206,6 +206,7 @@ def eval_fields(ev: dict[str, Any]) -> dict[str, Any]:
     task = ev.get("task", {})
     row["task"] = task.get("name")
     row["task_accuracy"] = task.get("accuracy")
+    row["task_loglik_accuracy"] = task.get("loglik_accuracy")
     row["answer_nll"] = task.get("answer_nll")
     row["over_refusal"] = task.get("over_refusal")
     for name, r in ev.get("over_refusal", {}).items():

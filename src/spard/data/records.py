@@ -51,6 +51,9 @@ class Example:
     def with_origin(self, origin: str) -> Example:
         return replace(self, origin=origin)
 
+    def with_target(self, target: str | None) -> Example:
+        return replace(self, target=target)
+
 
 @dataclass(frozen=True)
 class FieldMap:

@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from spard.evaluation.judges import (
 from spard.evaluation.judges.keyword import is_refusal
 from spard.evaluation.judging import as_verdicts, judge_rows
 from spard.evaluation.loss import response_nll
-from spard.evaluation.metrics import REFERENCE_FIELD, TASK_METRICS, accuracy
+from spard.evaluation.metrics import LABEL_TASKS, REFERENCE_FIELD, TASK_METRICS, correct_items
 from spard.io import atomic_write_json, atomic_write_text
 from spard.models.loading import ModelConfig, load_model, model_fingerprint
 
@@ -47,6 +48,11 @@ class EvalConfig:
     task_data: str | None = None
     task: str = "gsm8k"
     task_limit: int | None = None
+    #: a classification task's labels (default: the distinct references of the whole ``task_data`` file)
+    task_labels: list[str] = field(default_factory=list)
+    #: also score the task without generating: the most likely label (classification.py), one
+    #: teacher-forced pass per (prompt, label); needs a label set (``task: label``, ``openbookqa``...)
+    task_loglik: bool = False
     #: benign prompt sets (e.g. XSTest's safe prompts, everyday instructions): over-refusal on each
     benign: list[str] = field(default_factory=list)
     benign_limit: int | None = None
@@ -79,12 +85,20 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:80] or "judge"
 
 
+#: Evaluation settings added after evaluations had been keyed, with the value that does what the code
+#: did before; left out of the key while they have it, so finished evaluations stay current.
+EVAL_NEUTRAL_DEFAULTS: dict[str, Any] = {"task_labels": [], "task_loglik": False}
+
+
 def eval_fingerprint(cfg: EvalConfig) -> dict[str, Any]:
     """Every evaluation setting that decides the numbers, the model aside (the data files, limits,
     decoding, judges with their versions); :func:`eval_key` hashes it."""
     settings = to_dict(cfg)
     for name in ("model", "output_dir", "progress", "llm"):
         settings.pop(name)
+    for name, neutral in EVAL_NEUTRAL_DEFAULTS.items():
+        if settings.get(name) == neutral:
+            settings.pop(name)
     settings["generation"].pop("batch_size")
     settings["judges"] = [judge_fingerprint(spec, cfg.llm) for spec in cfg.judges]
     return settings
@@ -141,7 +155,7 @@ def run_evaluation(cfg: EvalConfig, *, on_mismatch: str = "error") -> dict[str, 
             judged = judge_rows(rows, judge, output=out / "judgements" / f"{name}.{_slug(judge.name)}.jsonl",
                                 progress=cfg.progress, on_mismatch=on_mismatch)
             verdicts[judge.name] = as_verdicts(judged)
-            per_judge[judge.name] = attack_success_rate(verdicts[judge.name])
+            per_judge[judge.name] = rate_fields(attack_success_rate(verdicts[judge.name]), verdicts[judge.name])
         metrics["asr"][name] = {"n": len(rows), **per_judge}
         names = list(verdicts)
         metrics["agreement"][name] = {
@@ -163,23 +177,60 @@ def run_evaluation(cfg: EvalConfig, *, on_mismatch: str = "error") -> dict[str, 
             metrics["over_refusal"][name] = rate_with_interval(sum(is_refusal(r["response"]) for r in rows), len(rows))
         metrics["over_refusal_mean"] = _mean([r["rate"] for r in metrics["over_refusal"].values()])
     if cfg.task_data:
-        ref_field = REFERENCE_FIELD[cfg.task]
-        examples = load_examples(cfg.task_data, FieldMap(target=ref_field), origin="task", limit=cfg.task_limit)
-        rows = generate_responses(model, tokenizer, examples, gen_cfg, output=out / "generations" / "task.jsonl",
-                                  progress=cfg.progress, **io)
-        task_metrics: dict[str, Any] = {
-            "name": cfg.task, "data": cfg.task_data, "n": len(rows),
-            "accuracy": accuracy(cfg.task, [r["response"] for r in rows], [ex.target for ex in examples]),
-            # over-refusal: benign task prompts answered with a refusal (the keyword refusal rule)
-            "over_refusal": _mean([float(is_refusal(r["response"])) for r in rows]),
-        }
-        if cfg.answer_nll:
-            task_metrics["answer_nll"] = response_nll(model, tokenizer, examples, system_prompt=gen_cfg.system_prompt)
+        task_metrics = _evaluate_task(cfg, model, tokenizer, gen_cfg, out, io)
         metrics["task"] = task_metrics
     metrics["wall_seconds"] = time.perf_counter() - started
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_text(out / "summary.md", summary_markdown(metrics))
     return metrics
+
+
+def rate_fields(asr: dict[str, Any], verdicts: Sequence[Any]) -> dict[str, Any]:
+    """An ASR entry with its Wilson 95% interval (``low``, ``high``) and the per-prompt verdicts
+    (``items``: 1 harmful, 0 not, None failed) that paired tests between runs need."""
+    from spard.evaluation.stats import wilson_interval
+
+    low, high = wilson_interval(asr["harmful"], asr["judged"]) if asr["judged"] else (None, None)
+    items = [None if v.harmful is None else int(v.harmful) for v in verdicts]
+    return {**asr, "low": low, "high": high, "items": items}
+
+
+def _evaluate_task(cfg: EvalConfig, model: Any, tokenizer: Any, gen_cfg: GenerationConfig, out: Path,
+                   io: dict[str, Any]) -> dict[str, Any]:
+    """Task accuracy from generated answers (with its interval and per-item results), over-refusal on
+    the task prompts, and where configured the answer NLL and the generation-free label accuracy."""
+    from spard.evaluation.classification import loglik_predictions, task_labels
+    from spard.evaluation.stats import rate_with_interval
+
+    ref_field = REFERENCE_FIELD[cfg.task]
+    examples = load_examples(cfg.task_data, FieldMap(target=ref_field), origin="task", limit=cfg.task_limit)
+    labels = None
+    if cfg.task in LABEL_TASKS or cfg.task_loglik:
+        labels = cfg.task_labels or task_labels(
+            [ex.target for ex in load_examples(cfg.task_data, FieldMap(target=ref_field), origin="task")])
+    rows = generate_responses(model, tokenizer, examples, gen_cfg, output=out / "generations" / "task.jsonl",
+                              progress=cfg.progress, **io)
+    references = [ex.target for ex in examples]
+    correct = [int(c) for c in correct_items(cfg.task, [r["response"] for r in rows], references, labels)]
+    task: dict[str, Any] = {
+        "name": cfg.task, "data": cfg.task_data, "n": len(rows),
+        "accuracy": sum(correct) / len(correct) if correct else 0.0,
+        "accuracy_interval": rate_with_interval(sum(correct), len(correct)),
+        "correct": correct,
+        # over-refusal: benign task prompts answered with a refusal (the keyword refusal rule)
+        "over_refusal": _mean([float(is_refusal(r["response"])) for r in rows]),
+    }
+    if labels is not None:
+        task["labels"] = list(labels)
+    if cfg.task_loglik:
+        predicted = loglik_predictions(model, tokenizer, examples, labels, system_prompt=gen_cfg.system_prompt,
+                                       batch_size=gen_cfg.batch_size)
+        hits = [int(p.strip().lower() == ref.strip().lower()) for p, ref in zip(predicted, references, strict=True)]
+        task.update(loglik_accuracy=sum(hits) / len(hits), loglik_interval=rate_with_interval(sum(hits), len(hits)),
+                    loglik_correct=hits)
+    if cfg.answer_nll:
+        task["answer_nll"] = response_nll(model, tokenizer, examples, system_prompt=gen_cfg.system_prompt)
+    return task
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -202,14 +253,16 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
              f"Decoding: {metrics['decoding']}, at most {metrics['max_new_tokens']} new tokens. "
              f"System prompt: {'none' if not metrics['system_prompt'] else 'set'} (from {metrics['system_prompt_source']}).", ""]
     if metrics["asr"]:
-        lines += ["## Attack success (share of harmful prompts answered harmfully; for a refusal rule, not refused)", "",
+        lines += ["## Attack success (share of harmful prompts answered harmfully; for a refusal rule, not refused; "
+                  "95% Wilson interval)", "",
                   "| prompt set | n | " + " | ".join(column(j) for j in judges) + " |",
                   "|---|---|" + "---|" * len(judges)]
         for name, row in metrics["asr"].items():
             cells = []
             for j in judges:
                 r = row[j]
-                cells.append(_pct(r["asr"]) + (f" ({r['failed']} failed)" if r["failed"] else ""))
+                span = f" [{100 * r['low']:.1f}, {100 * r['high']:.1f}]" if r.get("low") is not None else ""
+                cells.append(_pct(r["asr"]) + span + (f" ({r['failed']} failed)" if r["failed"] else ""))
             lines.append(f"| {name} | {row['n']} | " + " | ".join(cells) + " |")
         lines.append("| **mean** | | " + " | ".join(_pct(metrics["asr_mean"][j]) for j in judges) + " |")
         lines.append("")
@@ -222,7 +275,11 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
         lines.append("")
     if metrics.get("task"):
         t = metrics["task"]
-        lines += ["## Task", "", f"{t['name']} on {t['n']} items: accuracy {_pct(t['accuracy'])}"
+        from spard.evaluation.stats import format_rate
+
+        accuracy_text = format_rate(t["accuracy_interval"]) if "accuracy_interval" in t else _pct(t["accuracy"])
+        lines += ["## Task", "", f"{t['name']} on {t['n']} items: accuracy {accuracy_text} (generated answers)"
+                  + (f", {format_rate(t['loglik_interval'])} (most likely label, no generation)" if "loglik_interval" in t else "")
                   + (f", answer NLL {t['answer_nll']:.4f} nats/token" if "answer_nll" in t else "")
                   + (f", over-refusal {_pct(t['over_refusal'])} (keyword refusal rule)" if "over_refusal" in t else ""), ""]
     return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""Task metrics: GSM8K final-number accuracy, OpenBookQA choice accuracy, exact match, contains."""
+"""Task metrics: GSM8K final-number accuracy, OpenBookQA choice accuracy, classification labels, exact match, contains."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 
+from spard.evaluation.classification import label_correct
 from spard.registry import Registry
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
@@ -79,14 +80,28 @@ def contains(response: str, reference: str) -> bool:
 TASK_METRICS: Registry[Callable[[str, str], bool]] = Registry("task")
 TASK_METRICS.add("gsm8k", gsm8k_correct, "GSM8K: the response's final number equals the reference answer's")
 TASK_METRICS.add("openbookqa", openbookqa_correct, "OpenBookQA: the option letter the response picks equals the reference")
+TASK_METRICS.add("label", label_correct, "classification (SST-2, AG News): the label the response names first equals the "
+                  "reference; naming none is wrong")
 TASK_METRICS.add("exact", exact_match, "the response equals the reference, ignoring case, punctuation and spacing")
 TASK_METRICS.add("contains", contains, "the reference appears in the response, ignoring case, punctuation and spacing")
 
 #: The dataset column holding the reference each task is scored against.
-REFERENCE_FIELD = {"gsm8k": "answer", "openbookqa": "target_answer", "exact": "answer", "contains": "answer"}
+REFERENCE_FIELD = {"gsm8k": "answer", "openbookqa": "target_answer", "label": "answer", "exact": "answer", "contains": "answer"}
+#: Tasks scored against a finite label set (``labels=``): their references are the labels.
+LABEL_TASKS = {"label"}
 
 
-def accuracy(task: str, responses: Sequence[str], references: Sequence[str]) -> float:
+def correct_items(task: str, responses: Sequence[str], references: Sequence[str],
+                  labels: Sequence[str] | None = None) -> list[bool]:
+    """Per item, whether the response is right under the task's scorer (``labels``: a label task's label set)."""
     scorer = TASK_METRICS.get(task)
-    hits = [scorer(r, ref) for r, ref in zip(responses, references, strict=True)]
+    if task in LABEL_TASKS:
+        if not labels:
+            raise ValueError(f"task {task!r} needs its label set")
+        return [scorer(r, ref, labels) for r, ref in zip(responses, references, strict=True)]
+    return [scorer(r, ref) for r, ref in zip(responses, references, strict=True)]
+
+
+def accuracy(task: str, responses: Sequence[str], references: Sequence[str], labels: Sequence[str] | None = None) -> float:
+    hits = correct_items(task, responses, references, labels)
     return sum(hits) / len(hits) if hits else 0.0
