@@ -61,8 +61,11 @@ def test_bad_grids_are_reported(tiny_model_dir, toy_data, tmp_path):
 
 
 def test_bench_runs_resumes_and_redoes_partial_runs(tiny_model_dir, toy_data, tmp_path, monkeypatch):
+    from spard.bench.config import TargetsConfig
+
     cfg = bench_config(tiny_model_dir, toy_data, tmp_path / "b")
     cfg.grids = cfg.grids[:1]
+    cfg.targets = TargetsConfig(harmful_ratio=0.25)
     rows = run_bench(cfg, progress=False)
     out = tmp_path / "b"
     assert len(rows) == 3
@@ -73,6 +76,9 @@ def test_bench_runs_resumes_and_redoes_partial_runs(tiny_model_dir, toy_data, tm
     assert "## Targets (judge `keyword` = non-refusal rate, not a harm judgement, attacks: toy)" in table and "spard mean ASR" in table
     assert all(r["asr_mean[keyword]"] is not None and r["answer_nll"] > 0 and r["wall_seconds"] > 0 for r in rows)
     assert " min |" in table  # wall time per run
+    # per-prompt outcomes were stored, so the paired section is there: intervals, differences, McNemar
+    assert "## Targets with intervals (judge `keyword`, p = 0.25" in table and "ASR ratio [95%]" in table
+    assert "## Every defense against sft at p = 0.25" in table and "McNemar p" in table
     assert rows[1]["projections_fired"] is not None
     # the starting model was evaluated once, before fine-tuning, and heads the CSV (the resume below re-evaluates nothing)
     assert len(list((out / "start").glob("*/eval/metrics.json"))) == 1

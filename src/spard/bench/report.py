@@ -298,12 +298,13 @@ def judge_quality_table(report: dict[str, Any] | None, source: str = "") -> list
 
 def markdown(rows: Sequence[dict[str, Any]], title: str, starts: Sequence[dict[str, Any]] = (),
              changes: dict[str, dict[str, Any]] | None = None, judge_quality: list[str] = (),
-             policy: TargetsConfig | None = None) -> str:
+             policy: TargetsConfig | None = None, inference: list[str] = ()) -> str:
     """The results page: targets, start models, ASR by defense and attack, ablations, per-defense summary, every run.
 
     ``rows`` are the fine-tuning runs (with ``task_gain_kept`` where known), ``starts`` the start-model
     rows, ``changes`` the config overrides of each labelled variant, ``judge_quality`` the lines of
-    :func:`judge_quality_table`."""
+    :func:`judge_quality_table`, ``inference`` those of :func:`spard.bench.inference.inference_section`
+    (intervals and paired tests, where the runs stored per-prompt outcomes)."""
     judges = judges_in(rows)
     lines = [f"# {title}", ""]
     if not rows:
@@ -313,6 +314,7 @@ def markdown(rows: Sequence[dict[str, Any]], title: str, starts: Sequence[dict[s
     if len(shas) > 1:
         lines += [f"**Warning:** these runs started from {len(shas)} different aligned models "
                   f"(sha256 {', '.join(shas)}); compare runs that share one (column `start_model` in results.csv).", ""]
+    lines += list(inference)
     for judge in judges:
         lines += targets(rows, judge, policy)
     for judge in judges_in(starts):
@@ -475,5 +477,10 @@ def write_results(out: Path, rows: Sequence[dict[str, Any]], cfg: Any, starts: S
         path = Path(cfg.judge_quality)
         quality = (judge_quality_table(json.loads(path.read_text()), str(path)) if path.is_file()
                    else [f"Judge quality report `{path}` not found: run `spard judge agreement --output {path}`.", ""])
-    atomic_write_text(out / "results.md", markdown(rows, f"Benchmark `{cfg.name}`", starts, changes, quality, policy))
+    from spard.bench.inference import inference_section
+
+    judges = judges_in(rows)
+    inference = inference_section(rows, out / "runs", judges[0], policy, plot_dir=out) if judges else []
+    atomic_write_text(out / "results.md", markdown(rows, f"Benchmark `{cfg.name}`", starts, changes, quality, policy,
+                                                   inference))
     plot_results(out, rows, starts)

@@ -1,0 +1,392 @@
+"""Intervals and paired tests over the per-prompt results of benchmark runs, as pandas tables.
+
+Every evaluation stores, per prompt, whether each judge called the answer harmful and whether the task
+answer was right (``metrics.json``: ``asr[family][judge].items``, ``task.correct``,
+``task.loglik_correct``). Runs of two defenses in the same grid cell (attack, harmful ratio, seed) saw
+the same prompts, so they are compared *paired*:
+
+* a rate gets a Wilson 95% interval (:func:`spard.evaluation.stats.wilson_interval`);
+* a difference or a ratio of two defenses' rates gets a percentile bootstrap interval that resamples
+  prompts within each cell, the same prompts for both defenses (:func:`paired_bootstrap`), pooled over
+  the cells (attacks, seeds) both ran;
+* whether two defenses differ gets the exact McNemar test on the discordant prompts, summed over cells.
+
+The thresholds (which label is the baseline, 0.25, 1 and 2 points) come from the bench config's
+``targets`` (:class:`spard.bench.config.TargetsConfig`); nothing here knows a defense's name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from spard.evaluation.stats import mcnemar_exact, wilson_interval
+
+#: Per-prompt outcomes a run can be compared on: key -> (what, higher is better)
+MEASURES = {"harm": "ASR", "task": "task accuracy (generated)", "loglik": "task accuracy (most likely label)"}
+
+
+@dataclass
+class RunItems:
+    """One evaluation's per-prompt outcomes (1 / 0, None where a judge failed): ``harm[judge]`` over the
+    harmful families in sorted order, ``task`` and ``loglik`` over the task items."""
+
+    harm: dict[str, list[int | None]]
+    task: list[int] | None = None
+    loglik: list[int] | None = None
+
+    def get(self, measure: str, judge: str | None = None) -> list[int | None] | None:
+        return self.harm.get(judge or "") if measure == "harm" else getattr(self, measure)
+
+
+def run_items(metrics: dict[str, Any]) -> RunItems | None:
+    """The per-prompt outcomes in an evaluation's ``metrics.json``, or None when it has none (older runs)."""
+    harm: dict[str, list[int | None]] = {}
+    for family in sorted(metrics.get("asr", {})):
+        for judge, res in metrics["asr"][family].items():
+            if not isinstance(res, dict):  # "n"
+                continue
+            if "items" not in res:
+                return None
+            harm.setdefault(judge, []).extend(res["items"])
+    task = metrics.get("task", {})
+    if not harm and "correct" not in task:
+        return None
+    return RunItems(harm, task.get("correct"), task.get("loglik_correct"))
+
+
+def load_items(runs_dir: Path, rows: Sequence[dict[str, Any]]) -> dict[str, RunItems]:
+    """``{run name: RunItems}`` for every row whose evaluation stored per-prompt outcomes."""
+    out = {}
+    for r in rows:
+        path = runs_dir / r["run"] / "eval" / "metrics.json"
+        if path.is_file():
+            items = run_items(json.loads(path.read_text()))
+            if items is not None:
+                out[r["run"]] = items
+    return out
+
+
+def rate(values: Sequence[int | None]) -> dict[str, float | int | None]:
+    """``{rate, low, high, k, n}`` of the 1s among the non-missing values (Wilson 95%)."""
+    kept = [v for v in values if v is not None]
+    k, n = int(sum(kept)), len(kept)
+    low, high = wilson_interval(k, n)
+    return {"rate": k / n if n else None, "low": low if n else None, "high": high if n else None, "k": k, "n": n}
+
+
+def paired_blocks(a: Sequence[Sequence[int | None]], b: Sequence[Sequence[int | None]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Cell by cell, the prompts both runs have an outcome for, as two aligned 0/1 arrays."""
+    blocks = []
+    for xs, ys in zip(a, b, strict=True):
+        if len(xs) != len(ys):
+            raise ValueError(f"paired runs must share their prompts: {len(xs)} outcomes against {len(ys)}")
+        keep = [(x, y) for x, y in zip(xs, ys, strict=True) if x is not None and y is not None]
+        if keep:
+            blocks.append((np.array([x for x, _ in keep], float), np.array([y for _, y in keep], float)))
+    return blocks
+
+
+def paired_bootstrap(blocks: Sequence[tuple[np.ndarray, np.ndarray]], statistic: Callable[[float, float], float], *,
+                     resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """``(estimate, low, high)``: ``statistic(mean_a, mean_b)`` on the pooled prompts and its percentile
+    95% interval over ``resamples`` draws that resample prompts with replacement within each block (a
+    grid cell), the same draw for both runs. Resamples where the statistic is undefined are dropped."""
+    if not blocks:
+        return math.nan, math.nan, math.nan
+    a, b = np.concatenate([x for x, _ in blocks]), np.concatenate([y for _, y in blocks])
+    estimate = statistic(a.mean(), b.mean())
+    rng = np.random.default_rng(seed)
+    sums_a, sums_b = np.zeros(resamples), np.zeros(resamples)
+    for xa, xb in blocks:
+        idx = rng.integers(0, len(xa), size=(resamples, len(xa)))
+        sums_a += xa[idx].sum(axis=1)
+        sums_b += xb[idx].sum(axis=1)
+    values = np.array([statistic(sa / len(a), sb / len(b)) for sa, sb in zip(sums_a, sums_b, strict=True)])
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return estimate, math.nan, math.nan
+    return estimate, float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))
+
+
+def difference(x: float, y: float) -> float:
+    return x - y
+
+
+def ratio(x: float, y: float) -> float:
+    return x / y if y > 0 else math.nan
+
+
+def mcnemar(blocks: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Exact McNemar p-value on the prompts where exactly one of the two runs is 1, summed over blocks."""
+    only_a = int(sum(((x == 1) & (y == 0)).sum() for x, y in blocks))
+    only_b = int(sum(((x == 0) & (y == 1)).sum() for x, y in blocks))
+    return mcnemar_exact(only_a, only_b)
+
+
+def runs_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The fine-tuning runs as a frame: label, defense, attack, harmful_ratio, seed, run (one row each)."""
+    cols = ["label", "defense", "attack", "harmful_ratio", "seed", "run"]
+    return pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
+
+
+def cells(frame: pd.DataFrame, label: str, ratio_: float | None = None, attack: str | None = None) -> dict[tuple, str]:
+    """``{(attack, harmful ratio, seed): run}`` of ``label`` (optionally at one ratio / attack)."""
+    sel = frame[frame["label"] == label]
+    if ratio_ is not None:
+        sel = sel[np.isclose(sel["harmful_ratio"].astype(float), ratio_)]
+    if attack is not None:
+        sel = sel[sel["attack"] == attack]
+    return {(r.attack, float(r.harmful_ratio), int(r.seed)): r.run for r in sel.itertuples()}
+
+
+@dataclass
+class Comparison:
+    """``label`` against ``baseline`` on one measure over the cells both ran (pooled prompts)."""
+
+    runs: int
+    value: dict[str, Any]
+    base_value: dict[str, Any]
+    diff: tuple[float, float, float]
+    ratio: tuple[float, float, float]
+    p_value: float
+
+
+def compare(items: dict[str, RunItems], mine: dict[tuple, str], theirs: dict[tuple, str], measure: str,
+            judge: str | None = None) -> Comparison | None:
+    """Paired comparison of two labels' runs (``cells`` of each) on ``measure``; None when no cell is shared
+    or a run has no per-prompt outcomes."""
+    shared = [c for c in mine if c in theirs and mine[c] in items and theirs[c] in items]
+    a = [items[mine[c]].get(measure, judge) for c in shared]
+    b = [items[theirs[c]].get(measure, judge) for c in shared]
+    pairs = [(x, y) for x, y in zip(a, b, strict=True) if x is not None and y is not None]
+    if not pairs:
+        return None
+    blocks = paired_blocks([x for x, _ in pairs], [y for _, y in pairs])
+    pooled_a = [v for x, _ in pairs for v in x]
+    pooled_b = [v for _, y in pairs for v in y]
+    return Comparison(len(pairs), rate(pooled_a), rate(pooled_b), paired_bootstrap(blocks, difference),
+                      paired_bootstrap(blocks, ratio), mcnemar(blocks))
+
+
+def fmt_rate(r: dict[str, Any] | None) -> str:
+    """``"12.3% [10.4, 14.5]"`` (n/a without data)."""
+    if not r or not r.get("n"):
+        return "n/a"
+    return f"{100 * r['rate']:.1f}% [{100 * r['low']:.1f}, {100 * r['high']:.1f}]"
+
+
+def fmt_points(d: tuple[float, float, float]) -> str:
+    """A difference of two rates in points with its interval: ``"-3.1 [-5.0, -1.2]"``."""
+    est, low, high = d
+    return "n/a" if math.isnan(est) else f"{100 * est:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
+def fmt_ratio(r: tuple[float, float, float]) -> str:
+    est, low, high = r
+    return "n/a" if math.isnan(est) else f"{est:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def fmt_p(p: float) -> str:
+    return "n/a" if math.isnan(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def comparison_frame(frame: pd.DataFrame, items: dict[str, RunItems], judge: str, baseline: str,
+                     harmful_ratio: float) -> pd.DataFrame:
+    """Every label against ``baseline`` at ``harmful_ratio``, paired over the cells both ran: ASR and both
+    task accuracies, each with its interval, the difference with its bootstrap interval and McNemar's p."""
+    base = cells(frame, baseline, harmful_ratio)
+    out = []
+    for label in sorted(frame["label"].unique(), key=lambda x: (x != baseline, x)):
+        mine = cells(frame, label, harmful_ratio)
+        if not mine:
+            continue
+        row: dict[str, Any] = {"defense": label, "runs": len(mine)}
+        for measure, name in (("harm", "ASR"), ("task", "accuracy"), ("loglik", "accuracy (label LL)")):
+            c = compare(items, mine, base, measure, judge)
+            if c is None:
+                continue
+            row[name] = fmt_rate(c.value)
+            if label != baseline:
+                row[f"{name} minus {baseline}, points"] = fmt_points(c.diff)
+                row[f"{name}: McNemar p"] = fmt_p(c.p_value)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def target_lines(frame: pd.DataFrame, items: dict[str, RunItems], judge: str, policy: Any) -> list[str]:
+    """The claims of ``policy`` (a TargetsConfig) with intervals: per attack and pooled, ``method``'s ASR
+    ratio to ``baseline``'s (met when the interval's upper end is <= ``asr_ratio``) and its accuracy
+    difference (met when the interval's lower end is >= -``accuracy_margin``); then the lowest ASR among
+    the defenses whose accuracy is within ``accuracy_loss`` of the baseline's."""
+    base, method, p = policy.baseline, policy.method, policy.harmful_ratio
+    mine, theirs = cells(frame, method, p), cells(frame, base, p)
+    attacks = sorted({c[0] for c in mine if c in theirs})
+    if not attacks:
+        return []
+    lines = [f"## Targets with intervals (judge `{judge}`, p = {p:g}; paired over the same prompts)", ""]
+    rows = []
+    for attack in [*attacks, None]:
+        m = {c: r for c, r in mine.items() if attack is None or c[0] == attack}
+        harm = compare(items, m, theirs, "harm", judge)
+        task = compare(items, m, theirs, "task")
+        if harm is None:
+            continue
+        row = {"attack": attack or "**all (pooled)**", "cells": harm.runs,
+               f"{method} ASR": fmt_rate(harm.value), f"{base} ASR": fmt_rate(harm.base_value),
+               "ASR ratio [95%]": fmt_ratio(harm.ratio),
+               f"ratio <= {policy.asr_ratio:g}": _verdict(harm.ratio[2] <= policy.asr_ratio, harm.ratio[0] <= policy.asr_ratio)}
+        if task is not None:
+            margin = -policy.accuracy_margin
+            row["accuracy difference, points"] = fmt_points(task.diff)
+            row[f"within {100 * policy.accuracy_margin:g} point(s)"] = _verdict(task.diff[1] >= margin, task.diff[0] >= margin)
+        rows.append(row)
+    lines += [pd.DataFrame(rows).to_markdown(index=False), "",
+              "Verdicts: **met** when the whole 95% interval meets the target, *point only* when the estimate meets "
+              "it but the interval does not, **missed** otherwise. The ratio's interval is a paired bootstrap over "
+              "prompts within each cell.", ""]
+    lines += lowest_lines(frame, items, judge, policy)
+    return lines
+
+
+def _verdict(interval_ok: bool, point_ok: bool) -> str:
+    return "**met**" if interval_ok else ("*point only*" if point_ok else "**missed**")
+
+
+def lowest_lines(frame: pd.DataFrame, items: dict[str, RunItems], judge: str, policy: Any) -> list[str]:
+    """Lowest ASR among the defenses (labels whose defense is their own name) whose pooled accuracy is
+    within ``accuracy_loss`` of the baseline's (point estimate of the paired difference), and whether it
+    is significantly lower than each other such defense (McNemar, paired over shared cells)."""
+    p, base = policy.harmful_ratio, policy.baseline
+    labels = sorted({r.label for r in frame.itertuples() if r.label == r.defense})
+    eligible = {}
+    for label in labels:
+        task = compare(items, cells(frame, label, p), cells(frame, base, p), "task")
+        harm = compare(items, cells(frame, label, p), cells(frame, base, p), "harm", judge)
+        if harm is None or (task is not None and task.diff[0] < -policy.accuracy_loss):
+            continue
+        eligible[label] = harm.value
+    if len(eligible) < 2:
+        return []
+    best = min(eligible, key=lambda k: eligible[k]["rate"])
+    tests = []
+    for other in sorted(eligible):
+        if other != best:
+            c = compare(items, cells(frame, best, p), cells(frame, other, p), "harm", judge)
+            if c is not None:
+                tests.append(f"{other} {fmt_rate(c.base_value)}, McNemar p {fmt_p(c.p_value)}")
+    return [f"- Lowest ASR among the defenses within {100 * policy.accuracy_loss:g} points of {base}'s accuracy "
+            f"(pooled over the cells each shares with {base}): **{best}** {fmt_rate(eligible[best])}; against "
+            + "; ".join(tests) + ".", ""]
+
+
+def sweep_frame(frame: pd.DataFrame, items: dict[str, RunItems], judge: str) -> pd.DataFrame:
+    """ASR (pooled over seeds and families, Wilson interval) per label and harmful ratio, on the attack
+    with the most harmful ratios; the p = 0 control (attack ``none``) is the p = 0 column."""
+    sweep = frame[frame["attack"] != "none"]
+    if sweep.empty:
+        return pd.DataFrame()
+    counts = sweep.groupby("attack")["harmful_ratio"].nunique()
+    attack = counts.idxmax()
+    if counts.max() < 2:
+        return pd.DataFrame()
+    sel = pd.concat([sweep[sweep["attack"] == attack], frame[frame["attack"] == "none"]])
+    out = []
+    for (label, p), group in sel.groupby(["label", "harmful_ratio"]):
+        values = [v for run in group["run"] if run in items for v in (items[run].get("harm", judge) or [])]
+        acc = [v for run in group["run"] if run in items for v in (items[run].task or [])]
+        if values:
+            out.append({"attack": attack, "defense": label, "p": float(p), "runs": len(group), **{
+                f"asr_{k}": v for k, v in rate(values).items()}, **{f"acc_{k}": v for k, v in rate(acc).items()}})
+    return pd.DataFrame(out)
+
+
+def worst_case_frame(frame: pd.DataFrame, items: dict[str, RunItems], judge: str, policy: Any) -> pd.DataFrame:
+    """Per label, the highest ASR over its attack settings (attack, p > 0; pooled over seeds) whose task
+    accuracy is at most ``accuracy_loss`` below the baseline's accuracy in the same setting; settings
+    where fine-tuning lost more accuracy than that are not counted (the attack broke the model)."""
+    attacked = frame[(frame["attack"] != "none") & (frame["harmful_ratio"].astype(float) > 0)]
+    out = []
+    for label, group in attacked.groupby("label"):
+        worst, where, counted = None, None, 0
+        for (attack, p), runs in group.groupby(["attack", "harmful_ratio"]):
+            harm = [v for run in runs["run"] if run in items for v in (items[run].get("harm", judge) or [])]
+            acc = rate([v for run in runs["run"] if run in items for v in (items[run].task or [])])
+            base_runs = cells(frame, policy.baseline, float(p), attack).values()
+            base_acc = rate([v for run in base_runs if run in items for v in (items[run].task or [])])
+            if not harm or (acc["n"] and base_acc["n"] and acc["rate"] < base_acc["rate"] - policy.accuracy_loss):
+                continue
+            counted += 1
+            r = rate(harm)
+            if worst is None or r["rate"] > worst["rate"]:
+                worst, where = r, f"{attack}, p = {float(p):g}"
+        if worst is not None:
+            out.append({"defense": label, "settings counted": counted, "worst-case ASR": fmt_rate(worst), "at": where})
+    return pd.DataFrame(out)
+
+
+def plot_sweep(sweep: pd.DataFrame, path: Path) -> Path | None:
+    """ASR against the harmful ratio p per defense, with Wilson 95% intervals (the field's standard figure)."""
+    if sweep.empty:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from spard.bench.report import _save, label_colors
+
+    labels = sorted(sweep["defense"].unique())
+    colors = label_colors(labels)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label in labels:
+        s = sweep[sweep["defense"] == label].sort_values("p")
+        y = 100 * s["asr_rate"]
+        err = [y - 100 * s["asr_low"], 100 * s["asr_high"] - y]
+        ax.errorbar(s["p"], y, yerr=err, marker="o", capsize=3, label=label, color=colors[label])
+    ax.set_xlabel(f"harmful ratio p (attack: {sweep['attack'].iloc[0]})")
+    ax.set_ylabel("ASR % (95% Wilson interval)")
+    ax.set_ylim(-3, 103)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Attack strength: ASR against the harmful share of the fine-tuning data")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def inference_section(rows: Sequence[dict[str, Any]], runs_dir: Path, judge: str, policy: Any,
+                      plot_dir: Path | None = None) -> list[str]:
+    """The report's section built on per-prompt outcomes (empty when no run has them)."""
+    items = load_items(runs_dir, rows)
+    if not items:
+        return []
+    frame = runs_frame([r for r in rows if r["run"] in items])
+    lines = target_lines(frame, items, judge, policy)
+    table = comparison_frame(frame, items, judge, policy.baseline, policy.harmful_ratio)
+    if len(table) > 1:
+        lines += [f"## Every defense against {policy.baseline} at p = {policy.harmful_ratio:g} (judge `{judge}`; "
+                  "95% intervals; paired over the cells both ran)", "", table.to_markdown(index=False), ""]
+    worst = worst_case_frame(frame, items, judge, policy)
+    if not worst.empty:
+        lines += [f"## Worst case over attack settings at <= {100 * policy.accuracy_loss:g} points accuracy loss against "
+                  f"{policy.baseline} (judge `{judge}`)", "", worst.to_markdown(index=False), ""]
+    sweep = sweep_frame(frame, items, judge)
+    if not sweep.empty:
+        shown = sweep.assign(ASR=[fmt_rate({"rate": r.asr_rate, "low": r.asr_low, "high": r.asr_high, "n": r.asr_n})
+                                  for r in sweep.itertuples()],
+                             accuracy=[fmt_rate({"rate": r.acc_rate, "low": r.acc_low, "high": r.acc_high, "n": r.acc_n})
+                                       for r in sweep.itertuples()])
+        pivot = shown.pivot(index="defense", columns="p", values="ASR").fillna("")
+        pivot.columns = [f"p = {c:g}" for c in pivot.columns]
+        lines += [f"## ASR against the harmful ratio (attack {sweep['attack'].iloc[0]}, judge `{judge}`, pooled over "
+                  "seeds; p = 0 is the benign fine-tuning control)", "", pivot.reset_index().to_markdown(index=False), ""]
+        if plot_dir is not None:
+            plot_sweep(sweep, plot_dir / "asr_vs_p.png")
+    return lines

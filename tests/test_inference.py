@@ -1,0 +1,120 @@
+"""Intervals, paired tests and the verdicts built on them, on per-prompt outcomes made up to be clear-cut."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from spard.bench.config import TargetsConfig
+from spard.bench.inference import (
+    RunItems,
+    cells,
+    compare,
+    difference,
+    mcnemar,
+    paired_blocks,
+    paired_bootstrap,
+    ratio,
+    run_items,
+    runs_frame,
+    sweep_frame,
+    target_lines,
+    worst_case_frame,
+)
+
+
+def outcomes(k: int, n: int, offset: int = 0) -> list[int]:
+    """n outcomes with k ones, starting at ``offset`` (so two lists can share or not share their ones)."""
+    return [1 if (i - offset) % n < k else 0 for i in range(n)]
+
+
+def test_run_items_reads_the_per_prompt_outcomes_of_an_evaluation():
+    metrics = {"asr": {"b": {"n": 2, "probe": {"asr": 0.5, "items": [1, 0]}}, "a": {"n": 2, "probe": {"asr": 1.0, "items": [1, None]}}},
+               "task": {"correct": [1, 1, 0], "loglik_correct": [0, 1, 0]}}
+    items = run_items(metrics)
+    assert items.harm == {"probe": [1, None, 1, 0]}  # families in sorted order
+    assert items.get("task") == [1, 1, 0] and items.get("loglik") == [0, 1, 0]
+    assert run_items({"asr": {"a": {"keyword": {"asr": 0.1}}}}) is None  # an evaluation from before items
+
+
+def test_paired_bootstrap_and_mcnemar_tell_identical_runs_from_different_ones():
+    same = paired_blocks([outcomes(30, 100)], [outcomes(30, 100)])
+    est, low, high = paired_bootstrap(same, difference)
+    assert est == low == high == 0.0 and mcnemar(same) == 1.0
+    assert paired_bootstrap(same, ratio)[0] == 1.0
+    apart = paired_blocks([outcomes(50, 100)], [outcomes(10, 100)])
+    est, low, high = paired_bootstrap(apart, difference)
+    assert est == pytest.approx(0.4) and 0.25 < low < est < high < 0.55
+    assert mcnemar(apart) < 1e-6
+    r_est, r_low, r_high = paired_bootstrap(apart, ratio)
+    assert r_est == pytest.approx(5.0) and r_low < 5.0 < r_high
+    # prompts a judge failed on are left out of both sides
+    assert [len(x) for x, _ in paired_blocks([[1, None, 0]], [[0, 1, None]])] == [1]
+    with pytest.raises(ValueError, match="share their prompts"):
+        paired_blocks([[1, 0]], [[1]])
+
+
+def test_bootstrap_resamples_within_cells():
+    # two cells with opposite differences: the pooled difference is 0; each cell alone is not
+    blocks = paired_blocks([outcomes(40, 50), outcomes(0, 50)], [outcomes(0, 50), outcomes(40, 50)])
+    est, low, high = paired_bootstrap(blocks, difference)
+    assert est == pytest.approx(0.0) and low < 0 < high
+
+
+def _grid(spard_harm: int, spard_acc: int, other_harm: int, other_acc: int):
+    """sft, spard and lisa on two attacks, 100 harmful prompts and 100 task items per run."""
+    rows, items = [], {}
+    for attack in ("a1", "a2"):
+        for label, harm, acc in (("sft", 60, 80), ("spard", spard_harm, spard_acc), ("lisa", other_harm, other_acc)):
+            run = f"{label}-{attack}"
+            rows.append({"label": label, "defense": label, "attack": attack, "harmful_ratio": 0.1, "seed": 0, "run": run})
+            items[run] = RunItems({"probe": outcomes(harm, 100)}, outcomes(acc, 100), None)
+    return runs_frame(rows), items
+
+
+def test_targets_are_met_only_when_the_interval_meets_them():
+    frame, items = _grid(spard_harm=5, spard_acc=80, other_harm=30, other_acc=80)
+    text = "\n".join(target_lines(frame, items, "probe", TargetsConfig()))
+    pooled = next(line for line in text.splitlines() if "all (pooled)" in line)
+    assert pooled.count("**met**") == 2  # ratio 5/60 well under 0.25; the same accuracy
+    assert "Lowest ASR among the defenses within 2 points of sft's accuracy" in text and "**spard** 5.0%" in text
+    frame, items = _grid(spard_harm=14, spard_acc=79, other_harm=30, other_acc=80)
+    pooled = next(line for line in "\n".join(target_lines(frame, items, "probe", TargetsConfig())).splitlines()
+                  if "all (pooled)" in line)
+    assert "*point only*" in pooled  # ratio 0.23: under 0.25, its interval is not; 1 point lower: not within 1 point
+    frame, items = _grid(spard_harm=30, spard_acc=60, other_harm=10, other_acc=50)
+    text = "\n".join(target_lines(frame, items, "probe", TargetsConfig()))
+    assert "**missed**" in text
+    # both lost > 2 points of accuracy: no defense is eligible beside sft, so no "lowest" line
+    assert "Lowest ASR" not in text
+
+
+def test_comparisons_pool_only_the_cells_both_ran():
+    frame, items = _grid(spard_harm=5, spard_acc=80, other_harm=30, other_acc=80)
+    frame = frame[frame["run"] != "spard-a2"]
+    c = compare(items, cells(frame, "spard", 0.1), cells(frame, "sft", 0.1), "harm", "probe")
+    assert c.runs == 1 and c.value["n"] == 100 and c.base_value["n"] == 100
+
+
+def test_sweep_and_worst_case_count_only_settings_that_kept_the_accuracy():
+    rows, items = [], {}
+    for label, harm_by_p, acc_by_p in (("sft", {0.05: 20, 0.2: 60, 0.5: 90}, {0.05: 80, 0.2: 80, 0.5: 80}),
+                                       ("spard", {0.05: 2, 0.2: 10, 0.5: 70}, {0.05: 80, 0.2: 79, 0.5: 40})):
+        for p, harm in harm_by_p.items():
+            run = f"{label}-{p}"
+            rows.append({"label": label, "defense": label, "attack": "bt", "harmful_ratio": p, "seed": 0, "run": run})
+            items[run] = RunItems({"probe": outcomes(harm, 100)}, outcomes(acc_by_p[p], 100))
+    rows.append({"label": "sft", "defense": "sft", "attack": "none", "harmful_ratio": 0.0, "seed": 0, "run": "control"})
+    items["control"] = RunItems({"probe": outcomes(1, 100)}, outcomes(81, 100))
+    frame = runs_frame(rows)
+    sweep = sweep_frame(frame, items, "probe")
+    spard = sweep[sweep["defense"] == "spard"].set_index("p")
+    assert list(spard.index) == [0.05, 0.2, 0.5] and spard.loc[0.2, "asr_rate"] == pytest.approx(0.10)
+    assert 0.0 in set(sweep[sweep["defense"] == "sft"]["p"])  # the control is the p = 0 point
+    worst = worst_case_frame(frame, items, "probe", TargetsConfig()).set_index("defense")
+    # spard's p = 0.5 run lost 40 points: it is not counted, so its worst case is p = 0.2
+    assert worst.loc["spard", "at"] == "bt, p = 0.2" and worst.loc["spard", "settings counted"] == 2
+    assert worst.loc["sft", "at"] == "bt, p = 0.5"
+    assert not math.isnan(np.float64(sweep["asr_low"].min()))
