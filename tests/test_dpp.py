@@ -91,3 +91,54 @@ def test_lazy_and_eager_updates_pick_the_same_items(seed):
     # past the rank the lazy path switches to eager updates and still returns k distinct items
     many = greedy_map(kernel_factor(emb, q), 60)
     assert len(set(many.indices.tolist())) == 60 and many.rank_exhausted_at == d
+
+
+def _clustered(n: int, m: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((40, d))
+    pool = centres[rng.integers(0, 40, n)] + 0.3 * rng.standard_normal((n, d))
+    ref = centres[rng.integers(0, 5, m)] + 0.3 * rng.standard_normal((m, d))
+    return ((pool / np.linalg.norm(pool, axis=1, keepdims=True)).astype(np.float32),
+            (ref / np.linalg.norm(ref, axis=1, keepdims=True)).astype(np.float32))
+
+
+def test_blockwise_relevance_equals_the_direct_product():
+    from spard.selection.rd_dpp import max_cosine
+
+    pool, ref = _clustered(1037, 211, 24, seed=3)
+    direct = (pool.astype(np.float64) @ ref.astype(np.float64).T).max(axis=1)
+    for pool_block, ref_block in ((100, 17), (4096, 4096), (1, 211)):
+        got = max_cosine(pool, ref, pool_block=pool_block, reference_block=ref_block)
+        assert got.dtype == np.float64 and np.abs(got - direct).max() < 1e-6
+    exact = max_cosine(pool, ref, pool_block=64, reference_block=64, dtype=np.float64)
+    assert np.abs(exact - direct).max() < 1e-12
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_float32_factor_and_eager_greedy_pick_what_float64_picks(seed):
+    from spard.selection.rd_dpp import kernel_factor, max_cosine, quality
+
+    pool, ref = _clustered(6000, 300, 48, seed)
+    rel32 = max_cosine(pool, ref, pool_block=1000, reference_block=128)
+    rel64 = (pool.astype(np.float64) @ ref.astype(np.float64).T).max(axis=1)
+    # k below the rank of B (48): in the eps regime beyond it, picks are decided by 1e-6-sized gains
+    # that float32 cannot resolve, which is why the selector keeps float64 there
+    fast = greedy_map(kernel_factor(pool, quality(rel32, 4.0), dtype=np.float32), 40, lazy=False)
+    exact = greedy_map(kernel_factor(pool, quality(rel64, 4.0), dtype=np.float64), 40, lazy=True)
+    assert kernel_factor(pool, quality(rel32, 4.0), dtype=np.float32).dtype == np.float32
+    assert np.array_equal(fast.indices, exact.indices)
+    assert np.allclose(fast.gains, exact.gains, rtol=1e-4)
+
+
+@pytest.mark.parametrize("k, first_size", [(30, 200), (30, 40), (60, 100), (90, 100)])
+def test_screened_greedy_picks_what_the_full_greedy_picks(k, first_size):
+    from spard.selection.dpp import greedy_map_screened
+    from spard.selection.rd_dpp import kernel_factor, max_cosine, quality
+
+    pool, ref = _clustered(3000, 200, 64, seed=5)
+    q = quality(max_cosine(pool, ref), 4.0)
+    full = greedy_map(kernel_factor(pool, q), k)
+    screened = greedy_map_screened(pool, q, k, first_size=first_size)  # 90 > rank 64: grows to the whole pool
+    assert np.array_equal(screened.indices, full.indices)
+    assert np.allclose(screened.gains, full.gains)
+    assert screened.rank_exhausted_at == full.rank_exhausted_at

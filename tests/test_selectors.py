@@ -105,3 +105,33 @@ def test_spard_select_cli_writes_rows_in_selection_order(tiny_model_dir, toy_dat
     assert gains == sorted(gains, reverse=True)  # greedy MAP gains never grow
     assert all(-1 <= r["relevance"] <= 1 and r["safe"] for r in rows)
     assert "selected 15 of 768 pool rows for 150 reference prompts" in capsys.readouterr().out
+
+
+def test_spard_select_takes_precomputed_embeddings_and_checks_them(toy_data, tmp_path, capsys):
+    import json
+
+    from spard.cli import main
+    from spard.selection.dpp import greedy_map
+    from spard.selection.rd_dpp import kernel_factor, max_cosine, quality
+
+    pool_rows = len(toy_data["safe_pool"].read_text().splitlines())
+    ref_rows = 40
+    rng = np.random.default_rng(0)
+    pool = rng.standard_normal((pool_rows, 16)).astype(np.float32)
+    pool /= np.linalg.norm(pool, axis=1, keepdims=True)
+    ref = pool[:ref_rows] + 0.05  # a reference close to the first pool rows
+    ref = (ref / np.linalg.norm(ref, axis=1, keepdims=True)).astype(np.float32)
+    np.save(tmp_path / "pool.npy", pool)
+    np.save(tmp_path / "ref.npy", ref)
+    out = tmp_path / "safe.jsonl"
+    args = ["select", "--pool", str(toy_data["safe_pool"]), "--reference", str(toy_data["task"]), "--limit", str(ref_rows),
+            "--k", "5", "--output", str(out)]
+    assert main([*args, "--pool-embeddings", str(tmp_path / "pool.npy"), "--reference-embeddings", str(tmp_path / "ref.npy")]) == 0
+    picked = [json.loads(line)["pool_index"] for line in out.read_text().splitlines()]
+    expected = greedy_map(kernel_factor(pool, quality(max_cosine(pool, ref), 4.0)), 5).indices.tolist()
+    assert picked == expected and "embeddings precomputed" in capsys.readouterr().out
+    np.save(tmp_path / "short.npy", pool[:10])
+    np.save(tmp_path / "raw.npy", pool * 3)
+    for bad, message in (("short.npy", "expected 768 rows"), ("raw.npy", "must be L2-normalised")):
+        assert main([*args, "--pool-embeddings", str(tmp_path / bad), "--reference-embeddings", str(tmp_path / "ref.npy")]) == 2
+        assert message in capsys.readouterr().err

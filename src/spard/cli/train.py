@@ -80,15 +80,25 @@ def cmd_select(args: argparse.Namespace) -> int:
     pool = load_examples(args.pool, FieldMap(target=args.pool_target_field), origin="safety")
     # the very set `spard train --seed S` trains on (same mixing function, same seed)
     reference = load_poisoned_task(replace(data, task_target_field=None), args.seed)
+    from spard.selection.embeddings import load_embeddings
+
+    pool_emb = load_embeddings(args.pool_embeddings, len(pool), args.pool) if args.pool_embeddings else None
+    ref_emb = None
+    if args.reference_embeddings:
+        if args.harmful_data:
+            raise ValueError("--reference-embeddings covers the reference file only: embed the mixed set yourself and "
+                             "pass it as --reference, or leave out --harmful-data")
+        ref_emb = load_embeddings(args.reference_embeddings, len(reference), args.reference)
     encoder = None
-    if cfg.method != "random":
+    if cfg.method != "random" and (pool_emb is None or ref_emb is None):
         base_model = base_tok = None
         if args.embedding_model == "base":
             from spard.models import load_model
 
             base_model, base_tok = load_model(args.model)
         encoder = make_encoder(args.embedding_model, base_model=base_model, base_tokenizer=base_tok, base_key=args.model)
-    picked, selection = select_safe_examples(pool, reference, cfg, encoder=encoder, cache_dir=args.embedding_cache)
+    picked, selection = select_safe_examples(pool, reference, cfg, encoder=encoder, cache_dir=args.embedding_cache,
+                                             pool_embeddings=pool_emb, reference_embeddings=ref_emb)
     write_jsonl(args.output, (p.to_row() for p in picked))
     wall = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -96,8 +106,9 @@ def cmd_select(args: argparse.Namespace) -> int:
     harmful = sum(v for k, v in counts.items() if k.startswith("harmful"))
     print(f"reference: {counts.get('task', 0)} task + {harmful} harmful rows "
           f"(p = {args.harmful_ratio:g} of the {args.harmful_ratio_of}, seed {args.seed})")
+    source = "precomputed" if pool_emb is not None and ref_emb is not None else args.embedding_model
     print(f"selected {len(picked)} of {len(pool)} pool rows for {len(reference)} reference prompts "
-          f"(k = {cfg.budget(len(reference))}, method {cfg.method}, embeddings {args.embedding_model})")
+          f"(k = {cfg.budget(len(reference))}, method {cfg.method}, embeddings {source})")
     if selection.notes.get("rank_exhausted_at") is not None:
         print(f"note: the kernel's rank ran out after {selection.notes['rank_exhausted_at']} picks; the rest were decided by eps")
     print(f"wrote {args.output}; wall {wall:.1f}s, peak memory {peak:.0f} MiB")
@@ -169,6 +180,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--embedding-model", default="minilm", help="minilm, base or a sentence-transformers path")
     p.add_argument("--model", default="smollm2-135m-instruct", help="base LM for --embedding-model base")
     p.add_argument("--embedding-cache", default="default", help="directory caching embeddings (default $SPARD_CACHE/embeddings)")
+    p.add_argument("--pool-embeddings", help="precomputed unit embeddings of the pool (.npy, one row per pool record, in order)")
+    p.add_argument("--reference-embeddings", help="precomputed unit embeddings of the reference rows (.npy, after --limit)")
     p.add_argument("--seed", type=int, default=TrainingSettings.seed,
                    help="the training seed (default as spard train's): it mixes the poisoned reference set and "
                         "seeds the random selector, exactly as spard train --seed does")

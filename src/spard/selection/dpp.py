@@ -44,7 +44,21 @@ def numerical_rank(rows: np.ndarray) -> int:
     return int(np.linalg.matrix_rank(rows))
 
 
-def greedy_map(factor: np.ndarray, k: int, eps: float = 1e-6, *, lazy: bool = True) -> GreedyMAPResult:
+#: Above this many items :func:`greedy_map` runs the vectorised eager update by default: one
+#: ``B u`` product per pick, no per-item Python (the lazy heap's bookkeeping costs more than it saves).
+LAZY_MAX_ITEMS = 50_000
+
+
+def _row_sq_norms(B: np.ndarray, block: int = 65536) -> np.ndarray:
+    """``||b_i||^2`` in float64, a block of rows at a time (no full-size float64 copy of a float32 ``B``)."""
+    out = np.empty(B.shape[0], dtype=np.float64)
+    for s in range(0, B.shape[0], block):
+        rows = np.asarray(B[s : s + block], dtype=np.float64)
+        out[s : s + rows.shape[0]] = np.einsum("ij,ij->i", rows, rows)
+    return out
+
+
+def greedy_map(factor: np.ndarray, k: int, eps: float = 1e-6, *, lazy: bool | None = None) -> GreedyMAPResult:
     """Greedy MAP of ``log det L_Y`` for ``L = B B^T + eps I`` without forming ``L``; ``B = factor``.
 
     Item ``i``'s feature in the full space is ``a_i = [b_i, sqrt(eps) e_i]``, so ``L_ij = a_i . a_j``.
@@ -58,7 +72,10 @@ def greedy_map(factor: np.ndarray, k: int, eps: float = 1e-6, *, lazy: bool = Tr
 
     Cost O(N d) per step and O(N d + k d) memory.
 
-    ``lazy=True`` (default) gives the same picks faster: gains only shrink as ``Y`` grows, so a gain
+    Precision: a float32 ``factor`` stays float32 (half the memory of a large pool) for the one big
+    product per pick; gains, basis and every small product are float64.
+
+    ``lazy=True`` (default up to :data:`LAZY_MAX_ITEMS` items) gives the same picks: gains only shrink as ``Y`` grows, so a gain
     computed against the first ``s`` basis vectors is an upper bound of the current one. Items are
     kept in a heap by their bound; the top item is brought up to date (``d_i^2 -= ||U^B[s:t] b_i||^2``)
     until the top is exact, which is then the true argmax. When bounds stop being informative (many
@@ -66,14 +83,18 @@ def greedy_map(factor: np.ndarray, k: int, eps: float = 1e-6, *, lazy: bool = Tr
 
     Returns at most ``min(k, N)`` items. Ties go to the lowest index, so the result is deterministic.
     """
-    B = np.asarray(factor, dtype=np.float64)
+    B = np.asarray(factor)
+    if B.dtype not in (np.float32, np.float64):
+        B = B.astype(np.float64)
     if B.ndim != 2:
         raise ValueError(f"factor must be 2-D (items x features), got shape {B.shape}")
     if eps <= 0:
         raise ValueError("eps must be > 0 (it keeps L positive definite)")
     n, d = B.shape
     k = max(0, min(int(k), n))
-    gains = np.einsum("ij,ij->i", B, B) + eps
+    if lazy is None:
+        lazy = n <= LAZY_MAX_ITEMS
+    gains = _row_sq_norms(B) + eps
     basis = np.zeros((k, d))
     indices = np.empty(k, dtype=np.int64)
     picked_gains = np.empty(k)
@@ -116,13 +137,14 @@ def greedy_map(factor: np.ndarray, k: int, eps: float = 1e-6, *, lazy: bool = Tr
                     break
         gain = float(gains[j])
         indices[t], picked_gains[t] = j, gain
-        c_j = basis[:t] @ B[j]
-        u = (B[j] - basis[:t].T @ c_j) / np.sqrt(gain)
+        b_j = B[j].astype(np.float64)
+        c_j = basis[:t] @ b_j
+        u = (b_j - basis[:t].T @ c_j) / np.sqrt(gain)
         basis[t] = u
         gains[j] = -np.inf
         synced[j] = t + 1
         if eager:
-            gains -= (B @ u) ** 2
+            gains -= (B @ u.astype(B.dtype)).astype(np.float64) ** 2
     # Greedy takes every item that adds a new direction of B before any that adds only eps, so the
     # picked rows of B span fewer than k dimensions exactly when the low-rank part ran out.
     rank = numerical_rank(B[indices])
@@ -134,6 +156,35 @@ def greedy_map(factor: np.ndarray, k: int, eps: float = 1e-6, *, lazy: bool = Tr
             k - exhausted_at,
         )
     return GreedyMAPResult(indices, picked_gains, exhausted_at)
+
+
+def greedy_map_screened(embeddings: np.ndarray, q: np.ndarray, k: int, eps: float = 1e-6, *,
+                        dtype: type = np.float64, first_size: int | None = None) -> GreedyMAPResult:
+    """:func:`greedy_map` on ``B = diag(q) E`` with the same picks, run on a screened candidate set.
+
+    An item's gain never exceeds its first one, ``g_i = q_i^2 ||e_i||^2 + eps`` (gains only shrink). Run
+    the greedy on the ``m`` items of largest ``g_i`` (kept in index order, so ties still go to the lowest
+    index). If every pick's gain is above ``tau``, the largest ``g_i`` left out, no item left out could
+    have been the argmax at any step, so the picks are exactly those of the greedy on all items; if not,
+    ``m`` grows 4x and it runs again (at worst on all items). With RD-DPP's ``q = r^beta`` most of a large
+    pool has a negligible bound, so a pool of 10^6 costs a greedy over a few 10^4 items and the factor is
+    never formed for the rest.
+    """
+    E = np.asarray(embeddings)
+    n = E.shape[0]
+    k = max(0, min(int(k), n))
+    q = np.asarray(q, dtype=np.float64)
+    bound = q * q * _row_sq_norms(E) + eps
+    order = np.argsort(-bound, kind="stable")
+    m = min(n, first_size or max(20 * k, 20_000))
+    while True:
+        chosen = np.sort(order[:m])
+        result = greedy_map((np.asarray(E[chosen], dtype=dtype) * q[chosen, None].astype(dtype)), k, eps)
+        tau = bound[order[m]] if m < n else -np.inf
+        if m == n or (len(result.gains) and result.gains.min() > tau):
+            logger.debug("screened greedy MAP: %d of %d items as candidates", m, n)
+            return GreedyMAPResult(chosen[result.indices], result.gains, result.rank_exhausted_at)
+        m = min(n, 4 * m)
 
 
 def greedy_map_dense(kernel: np.ndarray, k: int) -> GreedyMAPResult:

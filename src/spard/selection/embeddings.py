@@ -157,3 +157,23 @@ def embed_texts(texts: Sequence[str], encoder: TextEncoder, cache_dir: str | Pat
         cache.add([k for k, _ in todo], fresh)
         table.update({k: v for (k, _), v in zip(todo, fresh, strict=True)})
     return np.stack([table[k] for k in keys]).astype(np.float32)
+
+
+def load_embeddings(path: str | Path, rows: int, what: str) -> np.ndarray:
+    """Precomputed embeddings from a ``.npy`` file (memory-mapped, no pickle), row-aligned with ``rows``
+    records of ``what``; a clear error for a wrong shape, a non-float array or rows that are not unit vectors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: embeddings file not found")
+    try:
+        array = np.load(path, allow_pickle=False, mmap_mode="r")
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a plain .npy array ({exc})") from None
+    if array.ndim != 2 or array.shape[0] != rows:
+        raise ValueError(f"{path}: expected {rows} rows (one per record of {what}, in order), got shape {array.shape}")
+    if array.dtype not in (np.float32, np.float64):
+        raise ValueError(f"{path}: expected float32 or float64 embeddings, got {array.dtype}")
+    norms = np.linalg.norm(np.asarray(array[: min(rows, 1000)], dtype=np.float64), axis=1)
+    if rows and np.abs(norms - 1).max() > 1e-3:
+        raise ValueError(f"{path}: rows must be L2-normalised (x / ||x||); found norms from {norms.min():.3f} to {norms.max():.3f}")
+    return array

@@ -56,18 +56,26 @@ def select_safe_examples(
     *,
     encoder: TextEncoder | None = None,
     cache_dir: str | Path | None = "default",
+    pool_embeddings: Any = None,
+    reference_embeddings: Any = None,
 ) -> tuple[list[SelectedExample], Selection]:
-    """Pick ``config.budget(len(reference))`` pool examples for the reference set, in selection order."""
+    """Pick ``config.budget(len(reference))`` pool examples for the reference set, in selection order.
+
+    ``pool_embeddings`` / ``reference_embeddings``: precomputed unit rows aligned with ``pool`` /
+    ``reference`` (for example memory-mapped ``.npy`` made on a GPU elsewhere); the encoder embeds the rest."""
     selector = make_selector(config)
     k = config.budget(len(reference))
     if k > len(pool):
         logger.warning("budget k=%d exceeds the pool size %d: taking the whole pool", k, len(pool))
     pool_emb = ref_emb = None
     if selector.needs_embeddings or encoder is not None:
-        if encoder is None:
-            raise ValueError(f"selector {config.method!r} needs an embedding model")
-        pool_emb = embed_texts([ex.embedding_text for ex in pool], encoder, cache_dir)
-        ref_emb = embed_texts([ex.embedding_text for ex in reference], encoder, cache_dir)
+        given = pool_embeddings is not None and reference_embeddings is not None
+        if encoder is None and not given:
+            raise ValueError(f"selector {config.method!r} needs an embedding model or precomputed embeddings")
+        pool_emb = (pool_embeddings if pool_embeddings is not None
+                    else embed_texts([ex.embedding_text for ex in pool], encoder, cache_dir))
+        ref_emb = (reference_embeddings if reference_embeddings is not None
+                   else embed_texts([ex.embedding_text for ex in reference], encoder, cache_dir))
     selection = selector.select(k, pool_emb, ref_emb, n_pool=len(pool))
     picked = [
         SelectedExample(

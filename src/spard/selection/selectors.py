@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from spard.registry import Registry
-from spard.selection.dpp import greedy_map
-from spard.selection.rd_dpp import kernel_factor, max_cosine, quality
+from spard.selection.dpp import greedy_map_screened
+from spard.selection.rd_dpp import max_cosine, quality
 
 
 @dataclass
@@ -104,7 +104,10 @@ class RDDPPSelector(Selector):
 
     def select(self, k, pool, reference, n_pool=None):
         rel = max_cosine(pool, reference)
-        result = greedy_map(kernel_factor(pool, self._quality(rel)), k, eps=self.config.eps)
+        # float32 embeddings keep a float32 factor (half the memory) while k stays below their dimension;
+        # beyond the factor's rank the picks hang on eps-sized gains, which need float64
+        dtype = np.float32 if pool.dtype == np.float32 and k < pool.shape[1] else np.float64
+        result = greedy_map_screened(pool, self._quality(rel), k, eps=self.config.eps, dtype=dtype)
         notes = {"rank_exhausted_at": result.rank_exhausted_at, "log_det": result.log_det}
         return Selection(result.indices, result.gains, rel[result.indices], notes)
 
