@@ -130,6 +130,12 @@ KEY_NEUTRAL_DEFAULTS: dict[str, Any] = {"lisa.proximal_from": 0.0, "data.harmful
                                         "training.save_steps": 0,
                                         # automatic micro-batching leaves every batch of <= 2048 tokens as it was
                                         "training.micro_batch_size": None}
+#: Settings added after alignment stages had been keyed (an alignment's key is the hash of its whole
+#: config): left out of the key at these values, so an aligned model stays current. Add new ModelConfig /
+#: TrainingSettings fields here and to KEY_NEUTRAL_DEFAULTS.
+ALIGN_KEY_NEUTRAL_DEFAULTS: dict[str, Any] = {"model.attn_implementation": None, "model.quantization": None,
+                                              "training.gradient_checkpointing": False}
+KEY_NEUTRAL_DEFAULTS.update(ALIGN_KEY_NEUTRAL_DEFAULTS)
 
 #: Labels and attack names become parts of folder names: nothing else is allowed in them.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
@@ -149,22 +155,28 @@ def check_name(kind: str, name: str) -> str:
 KEYED_SECTIONS = ("spag", "safeinstr", "lisa", "ptst", "safegrad", "safelora")
 
 
-def run_key(train: dict[str, Any]) -> str:
-    """The key of a run with the resolved training config ``train``: the hash of ``train`` without the
-    settings of :data:`KEY_NEUTRAL_DEFAULTS` that have their neutral value, and without the sections of
-    other defenses than its own beyond :data:`KEYED_SECTIONS`."""
-    pruned = json.loads(json.dumps(train, default=str))
-    own = DEFENSES.get(pruned["defense"]).section_name() if pruned.get("defense") in DEFENSES else None
-    for name in defense_sections():
-        if name not in KEYED_SECTIONS and name != own:
-            pruned.pop(name, None)
-    for dotted, neutral in KEY_NEUTRAL_DEFAULTS.items():
+def prune_neutral(settings: dict[str, Any], neutral: dict[str, Any]) -> dict[str, Any]:
+    """A JSON copy of ``settings`` without the dotted settings of ``neutral`` that have their neutral value."""
+    pruned = json.loads(json.dumps(settings, default=str))
+    for dotted, value in neutral.items():
         *parents, leaf = dotted.split(".")
         node = pruned
         for name in parents:
             node = node.get(name) if isinstance(node, dict) else None
-        if isinstance(node, dict) and leaf in node and node[leaf] == neutral:
+        if isinstance(node, dict) and leaf in node and node[leaf] == value:
             del node[leaf]
+    return pruned
+
+
+def run_key(train: dict[str, Any]) -> str:
+    """The key of a run with the resolved training config ``train``: the hash of ``train`` without the
+    settings of :data:`KEY_NEUTRAL_DEFAULTS` that have their neutral value, and without the sections of
+    other defenses than its own beyond :data:`KEYED_SECTIONS`."""
+    pruned = prune_neutral(train, KEY_NEUTRAL_DEFAULTS)
+    own = DEFENSES.get(pruned["defense"]).section_name() if pruned.get("defense") in DEFENSES else None
+    for name in defense_sections():
+        if name not in KEYED_SECTIONS and name != own:
+            pruned.pop(name, None)
     return config_hash(pruned)
 
 

@@ -24,12 +24,14 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from spard.bench.config import (
+    ALIGN_KEY_NEUTRAL_DEFAULTS,
     ALIGNED,
     BenchConfig,
     RunSpec,
     config_hash,
     eval_config,
     expand,
+    prune_neutral,
     select_runs,
 )
 from spard.bench.report import START_LABEL, write_results
@@ -72,7 +74,7 @@ def run_align_stage(cfg: BenchConfig, out: Path, progress: bool) -> tuple[str | 
     align_cfg = from_dict(AlignConfig, {**cfg.align, "output_dir": str(out / "align"), "progress": progress}, "align")
     settings = to_dict(align_cfg)
     settings.pop("output_dir"), settings.pop("progress")
-    key = config_hash(settings)
+    key = config_hash(prune_neutral(settings, ALIGN_KEY_NEUTRAL_DEFAULTS))
     model_dir = out / "align" / "model"
     report_path = out / "align" / "alignment.json"
     report = _read_json(report_path)

@@ -31,6 +31,12 @@ def prepare_for_training(model: Any, lora: LoraSettings) -> Any:
 
     if isinstance(model, PeftModel):
         model = model.merge_and_unload()
+    if getattr(model, "is_loaded_in_4bit", False):  # QLoRA: norms in float32, inputs that carry gradients
+        from peft import prepare_model_for_kbit_training
+
+        if not lora.enabled:
+            raise ValueError("a 4-bit model trains only through LoRA (QLoRA): keep lora.enabled")
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if not lora.enabled:
         for p in model.parameters():
             p.requires_grad_(True)

@@ -147,6 +147,12 @@ class ModelConfig:
     name: str = DEFAULT_MODEL
     dtype: str = "float32"
     trust_remote_code: bool = False
+    #: attention kernel: ``sdpa``, ``flash_attention_2`` (needs flash-attn and a GPU), ``eager``; None =
+    #: transformers' choice for the model
+    attn_implementation: str | None = None
+    #: ``4bit``: load the base weights in NF4 for QLoRA (needs bitsandbytes and a CUDA GPU: ``pip install
+    #: 'spard[qlora]'``); None = the weights as stored
+    quantization: str | None = None
 
 
 def _torch_dtype(name: str) -> Any:
@@ -183,11 +189,42 @@ def load_model(config: ModelConfig | str) -> tuple[Any, Any]:
                                  f"({', '.join(MODEL_ALIASES)}), and it could not be loaded from the hub: {first}") from None
 
 
+def gpu_load_kwargs(config: ModelConfig) -> dict[str, Any]:
+    """``from_pretrained`` arguments for the attention kernel and 4-bit loading, with a clear error where
+    the machine cannot do what is asked."""
+    import importlib.util
+
+    import torch
+
+    out: dict[str, Any] = {}
+    if config.attn_implementation:
+        if config.attn_implementation not in ("sdpa", "flash_attention_2", "eager"):
+            raise ValueError(f"model.attn_implementation must be sdpa, flash_attention_2 or eager, got {config.attn_implementation!r}")
+        if config.attn_implementation == "flash_attention_2" and (
+                not torch.cuda.is_available() or importlib.util.find_spec("flash_attn") is None):
+            raise ValueError("model.attn_implementation=flash_attention_2 needs a CUDA GPU and the flash-attn package; "
+                             "use sdpa instead")
+        out["attn_implementation"] = config.attn_implementation
+    if config.quantization:
+        if config.quantization != "4bit":
+            raise ValueError(f"model.quantization must be 4bit or unset, got {config.quantization!r}")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError("model.quantization=4bit (QLoRA) needs bitsandbytes: pip install 'spard[qlora]'")
+        if not torch.cuda.is_available():
+            raise ValueError("model.quantization=4bit (QLoRA) needs a CUDA GPU; none is visible")
+        from transformers import BitsAndBytesConfig
+
+        out["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16)
+    return out
+
+
 def _load_model(config: ModelConfig) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(config.name)
-    kwargs = {"dtype": _torch_dtype(config.dtype), "trust_remote_code": config.trust_remote_code}
+    kwargs = {"dtype": _torch_dtype(config.dtype), "trust_remote_code": config.trust_remote_code, **gpu_load_kwargs(config)}
     adapter_cfg = Path(path) / "adapter_config.json"
     if adapter_cfg.exists():
         from peft import PeftModel

@@ -60,6 +60,8 @@ class TrainingSettings:
     #: continue an interrupted run; 0 = none.
     save_steps: int = 0
     bf16: bool = False
+    #: recompute activations in the backward pass (less memory, about a third more compute); for large models
+    gradient_checkpointing: bool = False
 
 
 def defense_sections() -> dict[str, type]:

@@ -96,6 +96,8 @@ def training_arguments(cfg: TrainConfig, output_dir: Path) -> Any:
         save_total_limit=2,  # the newest may be cut short by a kill; the one before is complete
         report_to=[],
         bf16=t.bf16,
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         disable_tqdm=not cfg.progress,
         remove_unused_columns=False,
         dataloader_num_workers=0,
