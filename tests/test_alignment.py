@@ -83,7 +83,7 @@ def test_eval_reports_over_refusal_on_each_benign_set(tiny_model_dir, toy_data, 
 
 
 def test_report_puts_over_refusal_beside_the_runs():
-    from spard.bench.report import over_refusal_table
+    from spard.bench.tables import over_refusal_table
 
     starts = [{"model": "m", "over_refusal[xstest_safe]": 0.9}]
     rows = [{"label": "sft", "over_refusal[xstest_safe]": 0.2}, {"label": "sft", "over_refusal[xstest_safe]": 0.4},

@@ -6,7 +6,7 @@ import pytest
 
 from spard.bench import runner
 from spard.bench.config import BenchConfig, expand, parse_shard, select_runs
-from spard.bench.report import label_colors
+from spard.bench.plots import label_colors
 from spard.bench.runner import run_bench
 from spard.config import ConfigError, from_dict
 
@@ -173,7 +173,8 @@ def test_align_stage_on_the_tiny_model(tiny_model_dir, toy_data, tmp_path):
 
 
 def test_targets_compare_spard_with_sft_and_the_other_defenses():
-    from spard.bench.report import asr_matrix, targets
+    from spard.bench.report import targets
+    from spard.bench.tables import asr_matrix
 
     def row(label, attack, asr, acc, nll, seed=0):
         return {"label": label, "attack": attack, "harmful_ratio": 0.1, "seed": seed, "asr_mean[keyword]": asr,

@@ -116,7 +116,7 @@ def test_agreement_cli_scores_keyword_rule_against_labels(tmp_path, monkeypatch,
     assert kw["harm"]["kappa"]["value"] == pytest.approx(1.0)
     out = capsys.readouterr().out
     assert "kappa" in out and "answer" not in out  # counts only, never response text
-    from spard.bench.report import judge_quality_table
+    from spard.bench.tables import judge_quality_table
 
     table = "\n".join(judge_quality_table(report, "agree.json"))
     assert "| `keyword` | refusal | 100.0% [" in table and "1.00 [" in table and "agree.json" in table

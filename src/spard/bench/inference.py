@@ -13,6 +13,9 @@ the same prompts, so they are compared *paired*:
 
 The thresholds (which label is the baseline, 0.25, 1 and 2 points) come from the bench config's
 ``targets`` (:class:`spard.bench.config.TargetsConfig`); nothing here knows a defense's name.
+
+Over 300 lines: the statistics (intervals, bootstrap, McNemar) and the four tables built on them
+share their helpers and stay together.
 """
 
 from __future__ import annotations
@@ -332,35 +335,6 @@ def worst_case_frame(frame: pd.DataFrame, items: dict[str, RunItems], judge: str
     return pd.DataFrame(out)
 
 
-def plot_sweep(sweep: pd.DataFrame, path: Path) -> Path | None:
-    """ASR against the harmful ratio p per defense, with Wilson 95% intervals (the field's standard figure)."""
-    if sweep.empty:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from spard.bench.report import _save, label_colors
-
-    labels = sorted(sweep["defense"].unique())
-    colors = label_colors(labels)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for label in labels:
-        s = sweep[sweep["defense"] == label].sort_values("p")
-        y = 100 * s["asr_rate"]
-        err = [y - 100 * s["asr_low"], 100 * s["asr_high"] - y]
-        ax.errorbar(s["p"], y, yerr=err, marker="o", capsize=3, label=label, color=colors[label])
-    ax.set_xlabel(f"harmful ratio p (attack: {sweep['attack'].iloc[0]})")
-    ax.set_ylabel("ASR % (95% Wilson interval)")
-    ax.set_ylim(-3, 103)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("Attack strength: ASR against the harmful share of the fine-tuning data")
-    fig.tight_layout()
-    return _save(fig, path)
-
-
 def inference_section(rows: Sequence[dict[str, Any]], runs_dir: Path, judge: str, policy: Any,
                       plot_dir: Path | None = None) -> list[str]:
     """The report's section built on per-prompt outcomes (empty when no run has them)."""
@@ -388,5 +362,7 @@ def inference_section(rows: Sequence[dict[str, Any]], runs_dir: Path, judge: str
         lines += [f"## ASR against the harmful ratio (attack {sweep['attack'].iloc[0]}, judge `{judge}`, pooled over "
                   "seeds; p = 0 is the benign fine-tuning control)", "", pivot.reset_index().to_markdown(index=False), ""]
         if plot_dir is not None:
+            from spard.bench.plots import plot_sweep
+
             plot_sweep(sweep, plot_dir / "asr_vs_p.png")
     return lines

@@ -1,70 +1,38 @@
-"""Benchmark tables (CSV, JSON, Markdown) and plots (PNG), rewritten atomically after every run."""
+"""A benchmark's results page and files: ``results.{json,csv,md}`` and the plots, rewritten atomically
+after every run. The tables themselves are in :mod:`spard.bench.tables` (per-run rows) and
+:mod:`spard.bench.inference` (per-prompt outcomes: intervals, paired tests)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-import math
 import statistics
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from spard.bench.config import TargetsConfig, defense_specs
-from spard.io import atomic_write, atomic_write_json, atomic_write_text, read_jsonl
-
-#: Label of the rows that evaluate a starting model before any fine-tuning.
-START_LABEL = "start model"
-#: Marks a run whose training was copied from an identical finished run (``reused_training_from``).
-REUSED_MARK = "†"
-
-
-def judge_note(judge: str) -> str:
-    """How a table names its judge: the keyword rule measures refusal, so its "ASR" is a non-refusal rate."""
-    return f"judge `{judge}`" + (" = non-refusal rate, not a harm judgement" if judge.split(":")[0] == "keyword" else "")
-
-
-def judges_in(rows: Sequence[dict[str, Any]]) -> list[str]:
-    found: list[str] = []
-    for row in rows:
-        for key in row:
-            if key.startswith("asr_mean[") and key[9:-1] not in found:
-                found.append(key[9:-1])
-    return found
-
-
-def families_in(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """The held-out prompt families that rows report an ASR for (``asr[FAMILY][JUDGE]`` columns)."""
-    return sorted({k.split("]")[0][4:] for r in rows for k in r if k.startswith("asr[")})
-
-
-def grid_cell(row: dict[str, Any]) -> tuple[Any, ...]:
-    """(model, attack, harmful ratio, seed): the runs of different defenses that face the same data."""
-    return row["model"], row["attack"], row["harmful_ratio"], row["seed"]
-
-
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
-        return None, None
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
-
-
-def _fmt(value: float | None, pct: bool = False, digits: int = 3) -> str:
-    if value is None:
-        return "n/a"
-    return f"{100 * value:.1f}%" if pct else f"{value:.{digits}f}"
-
-
-def _pm(values: list[float], pct: bool = False, digits: int = 3) -> str:
-    mean, std = _mean_std(values)
-    if mean is None:
-        return "n/a"
-    if std and len([v for v in values if v is not None]) > 1:
-        return f"{_fmt(mean, pct, digits)} ± {_fmt(std, pct, digits)}"
-    return _fmt(mean, pct, digits)
+from spard.bench.tables import (
+    REUSED_MARK,
+    _fmt,
+    _pm,
+    ablation_labels,
+    ablation_table,
+    asr_matrix,
+    families_in,
+    grid_cell,
+    judge_note,
+    judge_quality_table,
+    judges_in,
+    lowest,
+    lowest_by_attack,
+    mean_by_attack,
+    over_refusal_table,
+    start_table,
+    summary_by_defense,
+)
+from spard.io import atomic_write_json, atomic_write_text
 
 
 def with_task_gain(rows: Sequence[dict[str, Any]], starts: Sequence[dict[str, Any]], baseline: str = "sft") -> list[dict[str, Any]]:
@@ -86,55 +54,6 @@ def with_task_gain(rows: Sequence[dict[str, Any]], starts: Sequence[dict[str, An
         same_prompt = len({bool(e.get("eval_system_prompt")) for e in ends if e}) == 1
         gain = (nll[0] - nll[2]) / (nll[0] - nll[1]) if None not in nll and nll[0] > nll[1] and same_prompt else None
         out.append({**r, "task_gain_kept": gain} if gain is not None else dict(r))
-    return out
-
-
-def summary_by_defense(rows: Sequence[dict[str, Any]], judge: str) -> list[dict[str, Any]]:
-    """Per (defense label, harmful ratio): mean ASR over attacks and seeds, task metrics, cost."""
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        groups[(row["label"], row["harmful_ratio"])].append(row)
-    out = []
-    for (label, ratio), items in groups.items():
-        out.append({
-            "label": label, "harmful_ratio": ratio, "runs": len(items),
-            "attacks": sorted({r["attack"] for r in items}), "seeds": sorted({r["seed"] for r in items}),
-            "asr": [r.get(f"asr_mean[{judge}]") for r in items],
-            "task_accuracy": [r.get("task_accuracy") for r in items],
-            "answer_nll": [r.get("answer_nll") for r in items],
-            "task_gain_kept": [r.get("task_gain_kept") for r in items],
-            "seconds_per_update": [r.get("seconds_per_update") for r in items],
-        })
-    return out
-
-
-def mean_by_attack(rows: Sequence[dict[str, Any]], key: str) -> dict[str, dict[str, float]]:
-    """``{label: {attack: mean of key over seeds}}`` for the attack runs (harmful ratio > 0)."""
-    groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        if r["harmful_ratio"] > 0 and r.get(key) is not None:
-            groups[r["label"]][r["attack"]].append(r[key])
-    return {label: {a: statistics.fmean(v) for a, v in by.items()} for label, by in groups.items()}
-
-
-def ablation_labels(rows: Sequence[dict[str, Any]]) -> set[str]:
-    """Labels of defense variants run under their own label (``spard-random``): ablations, not competitors."""
-    return {r["label"] for r in rows if r["label"] != r.get("defense", r["label"])}
-
-
-def lowest(values: dict[str, float]) -> list[str]:
-    """The keys at the minimum value (all of them when tied, up to float noise), sorted."""
-    best = min(values.values())
-    return sorted(k for k, v in values.items() if v <= best + 1e-12)
-
-
-def lowest_by_attack(asr: dict[str, dict[str, float]], ablations: set[str]) -> dict[str, tuple[float, list[str], int]]:
-    """Per attack on which two or more defenses (not ablations) ran: (lowest ASR, the defenses at it, how many ran)."""
-    out = {}
-    for a in sorted({a for by in asr.values() for a in by}):
-        ran = {label: by[a] for label, by in asr.items() if a in by and label not in ablations}
-        if len(ran) > 1:
-            out[a] = (min(ran.values()), lowest(ran), len(ran))
     return out
 
 
@@ -187,112 +106,6 @@ def targets(rows: Sequence[dict[str, Any]], judge: str, policy: TargetsConfig | 
             diff = scale * (statistics.fmean([a[x] for x in common]) - statistics.fmean([b[x] for x in common]))
             unit = " points" if scale == 100.0 else ""
             lines.append(f"- {name}: {method} minus {base} = {diff:+.3f}{unit}")
-    return lines + [""]
-
-
-def asr_matrix(rows: Sequence[dict[str, Any]], judge: str) -> list[str]:
-    """Markdown table: mean ASR over seeds per defense (rows) and attack (columns); the lowest defense
-    of each column in bold where two or more ran (ablations listed after the defenses, not counted for the bold)."""
-    asr = mean_by_attack(rows, f"asr_mean[{judge}]")
-    if not asr:
-        return []
-    attacks = sorted({a for by in asr.values() for a in by})
-    ablations = ablation_labels(rows)
-    order = sorted(asr, key=lambda label: (label in ablations, label))
-    best = lowest_by_attack(asr, ablations)
-    lines = [f"## ASR by defense and attack ({judge_note(judge)}; mean over seeds; lowest defense per attack in bold)", "",
-             "| defense | " + " | ".join(attacks) + " | mean |", "|---|" + "---|" * (len(attacks) + 1)]
-    for label in order:
-        cells = []
-        for a in attacks:
-            v = asr[label].get(a)
-            cell = _fmt(v, pct=True) if v is not None else ""
-            cells.append(f"**{cell}**" if a in best and label in best[a][1] else cell)
-        full = len(asr[label]) == len(attacks)
-        mean = _fmt(statistics.fmean(asr[label].values()), pct=True) if full else ""
-        lines.append(f"| {label}{' (ablation)' if label in ablations else ''} | " + " | ".join(cells) + f" | {mean} |")
-    return lines + [""]
-
-
-def ablation_table(rows: Sequence[dict[str, Any]], judge: str, changes: dict[str, dict[str, Any]] | None = None) -> list[str]:
-    """Markdown table: each ablation (a defense under another label) against its defense on the same
-    attacks and seeds: mean ASR of both, task gain kept by both, and the settings the ablation changed."""
-    ablations = ablation_labels(rows)
-    if not ablations:
-        return []
-    changes = changes or {}
-    key = f"asr_mean[{judge}]"
-    lines = [f"## Ablations against their defense ({judge_note(judge)}; same attacks and seeds)", "",
-             "| variant | changes | runs | ASR | ASR of the defense | task gain kept | of the defense |", "|---|---|---|---|---|---|---|"]
-    for label in sorted(ablations):
-        variant = [r for r in rows if r["label"] == label and r.get(key) is not None]
-        defense = variant[0]["defense"] if variant else None
-        base = {grid_cell(r): r for r in rows if r["label"] == defense and r.get(key) is not None}
-        pairs = [(r, base[grid_cell(r)]) for r in variant if grid_cell(r) in base]
-        if not pairs:
-            continue
-        changed = ", ".join(f"{k}={v}" for k, v in changes.get(label, {}).items())
-        lines.append(
-            f"| {label} | {changed} | {len(pairs)} | {_pm([a[key] for a, _ in pairs], pct=True)} | "
-            f"{_pm([b[key] for _, b in pairs], pct=True)} | {_pm([a.get('task_gain_kept') for a, _ in pairs], pct=True)} | "
-            f"{_pm([b.get('task_gain_kept') for _, b in pairs], pct=True)} |")
-    return [*lines, ""] if len(lines) > 4 else []
-
-
-def start_table(starts: Sequence[dict[str, Any]], judge: str) -> list[str]:
-    """Markdown table of the starting models evaluated before fine-tuning (one row each)."""
-    if not starts:
-        return []
-    families = families_in(starts)
-    lines = [f"## Start models before fine-tuning ({judge_note(judge)})", "",
-             "| model | " + " | ".join(families) + " | mean ASR | task acc. | answer NLL | over-refusal |",
-             "|---|" + "---|" * (len(families) + 4)]
-    for r in starts:
-        lines.append(f"| {r['model']} | " + " | ".join(_fmt(r.get(f"asr[{f}][{judge}]"), pct=True) for f in families)
-                     + f" | {_fmt(r.get(f'asr_mean[{judge}]'), pct=True)} | {_fmt(r.get('task_accuracy'), pct=True)} | "
-                     f"{_fmt(r.get('answer_nll'))} | {_fmt(r.get('over_refusal'), pct=True)} |")
-    return lines + [""]
-
-
-def over_refusal_table(rows: Sequence[dict[str, Any]], starts: Sequence[dict[str, Any]]) -> list[str]:
-    """Over-refusal (benign prompts refused, keyword refusal rule) per benign set: start models, then
-    each defense label (mean over its runs); shown beside every ASR table so that a low ASR that comes
-    from refusing everything is visible."""
-    sets = sorted({k[13:-1] for r in [*starts, *rows] for k in r if k.startswith("over_refusal[")})
-    if not sets:
-        return []
-    lines = ["## Over-refusal on benign prompts (share refused, keyword refusal rule; mean over runs)", "",
-             "| model / defense | runs | " + " | ".join(sets) + " |", "|---|---|" + "---|" * len(sets)]
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in starts:
-        groups.setdefault(f"{START_LABEL}: {r['model']}", []).append(r)
-    for r in rows:
-        groups.setdefault(r["label"], []).append(r)
-    for label, items in groups.items():
-        cells = []
-        for name in sets:
-            vals = [r[f"over_refusal[{name}]"] for r in items if r.get(f"over_refusal[{name}]") is not None]
-            cells.append(_fmt(statistics.fmean(vals), pct=True) if vals else "n/a")
-        lines.append(f"| {label} | {len(items)} | " + " | ".join(cells) + " |")
-    return lines + [""]
-
-
-def judge_quality_table(report: dict[str, Any] | None, source: str = "") -> list[str]:
-    """Each judge's agreement with human labels of real model outputs (a ``spard judge agreement
-    --output`` report), so that every ASR table can be read against how far its judge is trusted."""
-    if not report:
-        return []
-    from spard.evaluation.stats import format_rate
-
-    lines = [f"## Judges against human labels ({report.get('split', '?')} split of `{report.get('labels', '?')}`"
-             f"{f', from `{source}`' if source else ''})", "",
-             "| judge | measures | agreement with harm label | Cohen's kappa [95%] | judged harmful | labelled harmful |",
-             "|---|---|---|---|---|---|"]
-    for j in report.get("judges", []):
-        h, k = j["harm"], j["harm"]["kappa"]
-        lines.append(f"| `{j.get('spec', j['judge'])}` | {j['measures']} | {format_rate(h['accuracy'])} "
-                     f"| {_fmt(k['value'], digits=2)} [{_fmt(k['low'], digits=2)}, {_fmt(k['high'], digits=2)}] "
-                     f"| {format_rate(h['predicted_rate'])} | {format_rate(h['label_rate'])} |")
     return lines + [""]
 
 
@@ -370,101 +183,6 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def label_colors(labels: Sequence[str]) -> dict[str, tuple[float, float, float, float]]:
-    """One colour per label, all distinct up to 20 labels (``tab10``, then ``tab20`` beyond ten)."""
-    from matplotlib import colormaps
-
-    palette = colormaps["tab10" if len(labels) <= 10 else "tab20"]
-    return {label: palette(i % palette.N) for i, label in enumerate(labels)}
-
-
-def plot_results(out: Path, rows: Sequence[dict[str, Any]], starts: Sequence[dict[str, Any]] = ()) -> list[Path]:
-    """ASR vs task metric (start models as black stars), ASR per attack per defense, and SPAG's safe loss over training."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written: list[Path] = []
-    judges = judges_in(rows)
-    if not rows or not judges:
-        return written
-    judge = judges[0]
-    labels = sorted({r["label"] for r in rows})
-    colors = label_colors(labels)
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    panels = ((axes[0], "task_accuracy", "task accuracy %", 100.0),
-              (axes[1], "answer_nll", "held-out answer NLL (lower is better)", 1.0))
-    for ax, metric, name, scale in panels:
-        for label in labels:
-            pts = [(r.get(metric), r.get(f"asr_mean[{judge}]")) for r in rows if r["label"] == label]
-            pts = [(x, y) for x, y in pts if x is not None and y is not None]
-            if pts:
-                ax.scatter([scale * x for x, _ in pts], [100 * y for _, y in pts], color=colors[label], label=label, alpha=0.8)
-        pts = [(r.get(metric), r.get(f"asr_mean[{judge}]")) for r in starts]
-        pts = [(x, y) for x, y in pts if x is not None and y is not None]
-        if pts:
-            ax.scatter([scale * x for x, _ in pts], [100 * y for _, y in pts], color="black", marker="*", s=120,
-                       label="start model (no fine-tuning)")
-        ax.set_xlabel(name)
-        ax.set_ylabel(f"ASR % (judge: {judge})")
-        ax.set_ylim(-3, 103)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=2 if len(labels) > 8 else 1)
-    fig.suptitle("Attack success rate against task metric, one point per run")
-    fig.tight_layout()
-    written.append(_save(fig, out / "asr_vs_task.png"))
-
-    attacks = sorted({r["attack"] for r in rows})
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(attacks) + 2), 4.2))
-    width = 0.8 / max(1, len(labels))
-    for i, label in enumerate(labels):
-        means = []
-        for attack in attacks:
-            vals = [r.get(f"asr_mean[{judge}]") for r in rows if r["label"] == label and r["attack"] == attack]
-            mean, _ = _mean_std(vals)
-            means.append(100 * mean if mean is not None else 0.0)
-        ax.bar([a + i * width for a in range(len(attacks))], means, width, label=label, color=colors[label])
-    ax.set_xticks([a + 0.4 - width / 2 for a in range(len(attacks))], attacks)
-    ax.set_ylabel(f"ASR % (judge: {judge})")
-    ax.set_title("ASR per attack and defense (mean over seeds)")
-    ax.set_ylim(0, 100)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    written.append(_save(fig, out / "asr_per_attack.png"))
-
-    spag_runs = [r for r in rows if r["defense"] == "spard"][:6]
-    if spag_runs:
-        fig, axes = plt.subplots(1, len(spag_runs), figsize=(4.2 * len(spag_runs), 3.6), squeeze=False)
-        for ax, r in zip(axes[0], spag_runs, strict=False):
-            log = list(read_jsonl(out / "runs" / r["run"] / "train_log.jsonl"))
-            steps = [x["step"] for x in log]
-            ax.plot(steps, [x["safe_loss"] for x in log], lw=1, label="safe loss before")
-            fired = [x for x in log if x.get("fired")]
-            ax.scatter([x["step"] for x in fired], [x["safe_loss"] for x in fired], s=10, color="red", label="projection fired")
-            if r.get("tau") is not None:
-                ax.axhline(r["tau"], color="gray", ls="--", lw=1, label="tau")
-            ax.set_title(f"{r['label']} / {r['attack']} / seed {r['seed']}", fontsize=9)
-            ax.set_xlabel("update")
-            ax.set_ylabel("safe mini-batch loss")
-            ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        written.append(_save(fig, out / "spag_safe_loss.png"))
-    return written
-
-
-def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
-    finally:
-        plt.close(fig)
-
-
 def write_results(out: Path, rows: Sequence[dict[str, Any]], cfg: Any, starts: Sequence[dict[str, Any]] = ()) -> None:
     """Write ``results.{json,csv,md}`` and the plots; the start-model rows come first in JSON and CSV."""
     policy = getattr(cfg, "targets", None) or TargetsConfig()
@@ -483,4 +201,6 @@ def write_results(out: Path, rows: Sequence[dict[str, Any]], cfg: Any, starts: S
     inference = inference_section(rows, out / "runs", judges[0], policy, plot_dir=out) if judges else []
     atomic_write_text(out / "results.md", markdown(rows, f"Benchmark `{cfg.name}`", starts, changes, quality, policy,
                                                    inference))
+    from spard.bench.plots import plot_results
+
     plot_results(out, rows, starts)

@@ -9,6 +9,9 @@ is there and ``eval/metrics.json`` has the current ``eval_key``. Finished runs a
 or stale training is trained again from scratch; a current training with a stale evaluation is only
 evaluated again (generations made under the same decoding are kept); an interrupted evaluation
 resumes. The start model's own evaluation (the zero of "task gain kept") follows the same rule.
+
+Over 300 lines because resume semantics (keys, stale runs, reuse, shards, the start model) are one
+story that reads best in one place.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from spard.bench.config import (
     prune_neutral,
     select_runs,
 )
-from spard.bench.report import START_LABEL, write_results
+from spard.bench.report import write_results
+from spard.bench.tables import START_LABEL
 from spard.config import from_dict, load_yaml, to_dict
 from spard.io import atomic_write_json, remove_tree
 

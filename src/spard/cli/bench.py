@@ -43,8 +43,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from spard.bench.demo import demo_config
-    from spard.bench.report import START_LABEL
     from spard.bench.runner import run_bench
+    from spard.bench.tables import START_LABEL
 
     started = time.perf_counter()
     cfg = demo_config(args.output_dir, model=args.model, steps=args.steps)

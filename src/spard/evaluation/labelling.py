@@ -15,6 +15,9 @@ line), ``split`` (``dev`` or ``test``, fixed when the sheet is made, before any 
 Only counts and rates leave this module: no prompt or response text is logged. (It is a little over
 300 lines because the sheet, the label reader and the agreement share one item and label format;
 split, each half would import the other's.)
+
+Over 300 lines: drawing the sheet, reading labels and scoring judges against them share the item
+identity and hashing rules, kept in one module.
 """
 
 from __future__ import annotations

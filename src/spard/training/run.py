@@ -3,6 +3,9 @@
 The output directory holds ``config.yaml`` (resolved), ``safe_set.jsonl`` (when the defense uses
 safety data), ``model/`` (adapter or merged model), ``train_log.jsonl`` (a row per update) and
 ``metrics.json`` (written last, atomically: its presence marks a finished run).
+
+Over 300 lines: training, resuming, replacing a finished run and reusing an identical one share the
+same folder rules.
 """
 
 from __future__ import annotations

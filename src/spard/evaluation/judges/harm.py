@@ -13,6 +13,9 @@ reporting.
 Saved as ``model/`` (safetensors weights, config and tokenizer files) and ``harm.json`` (threshold,
 settings, provenance): no pickle. Use it as ``harm:DIR``. (One module of a little over 300 lines: the
 augmentations, the fitting, the adaptation and the judge are one method, as a defense is one module.)
+
+Over 300 lines: the judge, its synthetic training pairs, fitting and threshold tuning are one method
+(as a defense is one module).
 """
 
 from __future__ import annotations
