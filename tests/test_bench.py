@@ -389,3 +389,29 @@ def test_plot_colours_are_distinct_per_label(n):
     colours = label_colors(labels)
     assert set(colours) == set(labels)
     assert len(set(colours.values())) == n
+
+
+def test_a_grid_runs_as_submitit_jobs_with_the_inline_resume_rules(tiny_model_dir, toy_data, tmp_path, capsys):
+    """--launcher local: one job per unfinished run through submitit; finished runs are not resubmitted."""
+    pytest.importorskip("submitit")
+    from spard.cli import main
+
+    cfg = bench_config(tiny_model_dir, toy_data, tmp_path / "jobs", evaluate_start=False)
+    cfg.grids = [cfg.grids[0]]
+    cfg.grids[0].defenses = ["sft", "spard"]
+    rows = run_bench(cfg, progress=False, launcher="local")
+    assert sorted(r["label"] for r in rows) == ["sft", "spard"]
+    assert all(r["asr_mean[keyword]"] is not None for r in rows)
+    logs = list((tmp_path / "jobs" / "submitit").glob("*_log.out"))
+    assert len(logs) == 2  # one job per run
+    assert (tmp_path / "jobs" / "results.md").is_file()
+    # a second call finds both finished: nothing is submitted again
+    again = run_bench(cfg, progress=False, launcher="local")
+    assert len(list((tmp_path / "jobs" / "submitit").glob("*_log.out"))) == 2 and len(again) == 2
+    # launcher options without a launcher are refused
+    import yaml
+
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "output_dir": str(tmp_path / "x")}))
+    assert main(["bench", str(path), "--launcher-option", "timeout_min=5"]) == 2
+    assert "--launcher-option needs --launcher local or slurm" in capsys.readouterr().err

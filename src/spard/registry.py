@@ -8,7 +8,7 @@ decorator (``@DEFENSES.register("spard")``, or without a name for a class with a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -71,6 +71,27 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}: {', '.join(self.names())})"
+
+
+#: Plugin modules imported by :func:`load_plugins` in this process, in order (cluster jobs import them too).
+LOADED_PLUGINS: list[str] = []
+
+
+def load_plugins(modules: Sequence[str] = ()) -> list[str]:
+    """Import each plugin module (its defenses, selectors, judges register themselves), and those named,
+    comma-separated, in ``$SPARD_PLUGINS``; returns every plugin loaded so far."""
+    import importlib
+    import os
+
+    names = [m.strip() for m in (*os.environ.get("SPARD_PLUGINS", "").split(","), *modules) if m.strip()]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ValueError(f"plugin {name!r} could not be imported: {exc}") from None
+        if name not in LOADED_PLUGINS:
+            LOADED_PLUGINS.append(name)
+    return list(LOADED_PLUGINS)
 
 
 def registries() -> dict[str, Registry[Any]]:

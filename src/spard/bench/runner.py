@@ -278,7 +278,8 @@ def result_row(run: RunSpec, run_dir: Path) -> dict[str, Any]:
 
 def run_bench(cfg: BenchConfig, *, progress: bool = True, dry_run: bool = False,
               report_only: bool = False, only: Sequence[str] = (),
-              shard: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+              shard: tuple[int, int] | None = None, launcher: str = "inline",
+              launcher_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Run (or resume) the whole grid and write the results; returns one row per run.
 
     ``dry_run``: train nothing, write nothing; finished runs get their result row, the rest a
@@ -286,7 +287,8 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, dry_run: bool = False,
     finished runs (after copying runs in from other machines, say). ``only`` and ``shard`` restrict
     which unfinished runs are executed or listed (:func:`~spard.bench.config.select_runs`); the tables
     still cover every finished run of the grid. Unless ``cfg.evaluate_start`` is
-    off, each starting model is evaluated first, as it is; its row goes to the tables, not the returned list."""
+    off, each starting model is evaluated first, as it is; its row goes to the tables, not the returned list.
+    ``launcher`` ``local`` or ``slurm`` runs the unfinished runs as submitit jobs (:mod:`spard.bench.launch`)."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     training = not (dry_run or report_only)
@@ -312,6 +314,13 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, dry_run: bool = False,
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     done = skipped = 0
+    if training and launcher != "inline":
+        from spard.bench.launch import launch
+
+        pending = [(r, out / "runs" / r.name) for r in runs
+                   if r.name in mine and not is_finished(out / "runs" / r.name, r, ev_key)]
+        failed = launch(pending, cfg, launcher, launcher_options)
+        done, training = len(pending) - len(failed), False  # the jobs ran them: only collect the rows below
     for run in tqdm(runs, desc=f"bench {cfg.name}", disable=not progress or not training):
         run_dir = out / "runs" / run.name
         is_new = not is_finished(run_dir, run, ev_key)

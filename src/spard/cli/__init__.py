@@ -18,9 +18,9 @@ from spard.cli.common import (
     LLM_FLAGS,
     TRAIN_FLAGS,
     _setup_logging,
-    load_plugins,
 )
 from spard.config import ConfigError
+from spard.registry import load_plugins
 
 
 def build_parser() -> argparse.ArgumentParser:

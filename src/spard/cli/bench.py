@@ -28,8 +28,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         cfg.output_dir = args.output_dir
     check_output(cfg.output_dir, directory=True, inputs=(args.config,))
     shard = parse_shard(args.shard) if args.shard else None
+    from spard.cli.common import _set_values
+
+    options = {k.replace("-", "_"): v for k, v in _set_values(args.launcher_option or [], "--launcher-option").items()}
+    if options and args.launcher == "inline":
+        raise ValueError("--launcher-option needs --launcher local or slurm")
     rows = run_bench(cfg, progress=not args.no_progress, dry_run=args.dry_run, report_only=args.report_only,
-                     only=args.only or (), shard=shard)
+                     only=args.only or (), shard=shard, launcher=args.launcher, launcher_options=options)
     if args.dry_run:
         todo = [r for r in rows if r.get("status") == "to do"]
         scope = " (of the runs --only/--shard select)" if args.only or shard else ""
@@ -99,6 +104,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--shard", metavar="I/N",
                    help="run only shard I of N (by run key), to split one grid over N machines; copy the run "
                         "directories together and --report-only for the joint tables")
+    p.add_argument("--launcher", choices=["inline", "local", "slurm"], default="inline",
+                   help="inline (default): run here, one after another; slurm: one cluster job per unfinished run "
+                        "(submitit, extra [cluster]); local: the same jobs as local processes")
+    p.add_argument("--launcher-option", action="append", metavar="KEY=VALUE",
+                   help="submitit executor parameter, e.g. slurm_partition=gpu, gpus_per_node=1, timeout_min=120 (repeatable)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_bench)
 

@@ -61,7 +61,7 @@ def _overrides(args: argparse.Namespace, flags: Sequence[tuple[str, str, type | 
     return {dest: getattr(args, dest) for _, dest, _, _ in flags if getattr(args, dest, None) is not None}
 
 
-def _set_values(items: Sequence[str]) -> dict[str, Any]:
+def _set_values(items: Sequence[str], flag: str = "--set") -> dict[str, Any]:
     """``--set lisa.rho=0.1`` -> ``{"lisa.rho": 0.1}`` (the value read as YAML: numbers, true/false, null, lists)."""
     import yaml
 
@@ -69,26 +69,12 @@ def _set_values(items: Sequence[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, for example lisa.rho=0.1")
+            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE, for example lisa.rho=0.1")
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({exc})") from None
+            raise ConfigError(f"{flag} {item!r}: the value is not valid YAML ({exc})") from None
     return out
-
-
-def load_plugins(modules: Sequence[str]) -> None:
-    """Import each plugin module (its defenses, selectors, judges register themselves); also those named,
-    comma-separated, in ``$SPARD_PLUGINS``."""
-    import importlib
-    import os
-
-    names = [m for m in (*os.environ.get("SPARD_PLUGINS", "").split(","), *modules) if m.strip()]
-    for name in names:
-        try:
-            importlib.import_module(name.strip())
-        except ImportError as exc:
-            raise ConfigError(f"plugin {name.strip()!r} could not be imported: {exc}") from None
 
 
 def _setup_logging(verbose: bool) -> None:
