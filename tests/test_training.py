@@ -150,3 +150,17 @@ def test_micro_batching_keeps_the_update_and_splits_big_batches(tiny_model_dir, 
         results[micro] = load_file(str(tmp_path / f"m{micro}" / "model" / "adapter_model.safetensors"))
     for name, a in results[4].items():
         assert torch.allclose(a, results[2][name], rtol=1e-3, atol=1e-5), name
+
+
+def test_safety_batches_are_seeded_fresh_permutations_and_skip_continues_the_stream():
+    import itertools
+
+    from spard.training.base import FreshPermutationBatches
+
+    stream = list(itertools.islice(iter(FreshPermutationBatches(50, 4, seed=3)), 30))
+    assert all(len(b) == 4 and len(set(b)) == 4 and all(0 <= i < 50 for i in b) for b in stream)
+    assert stream == list(itertools.islice(iter(FreshPermutationBatches(50, 4, seed=3)), 30))  # seeded
+    assert stream != list(itertools.islice(iter(FreshPermutationBatches(50, 4, seed=4)), 30))
+    resumed = list(itertools.islice(iter(FreshPermutationBatches(50, 4, seed=3, skip=10)), 20))
+    assert resumed == stream[10:]
+    assert next(iter(FreshPermutationBatches(3, 8, seed=0))) in ([0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0])

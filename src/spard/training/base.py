@@ -49,6 +49,22 @@ class _StepHooks(TrainerCallback):
         self.trainer._end_training()
 
 
+class FreshPermutationBatches(torch.utils.data.Sampler):
+    """Endless index batches for a ``DataLoader``: each is the first ``batch_size`` items of a fresh seeded
+    permutation of ``range(n)`` (no repeat inside a batch, independent batches); ``skip`` draws are
+    discarded first, so a resumed run continues the same stream."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, skip: int = 0):
+        self.n, self.size, self.seed, self.skip = n, min(batch_size, n), seed, skip
+
+    def __iter__(self) -> Iterator[list[int]]:
+        gen = torch.Generator().manual_seed(self.seed)
+        for _ in range(self.skip):
+            torch.randperm(self.n, generator=gen)
+        while True:
+            yield torch.randperm(self.n, generator=gen)[: self.size].tolist()
+
+
 class SafetyTrainerMixin:
     """Hooks around each optimiser update and a JSONL row per update, for any ``Trainer`` subclass:
     put it first in the bases (``class T(SafetyTrainerMixin, SFTTrainer)``).
@@ -122,14 +138,10 @@ class SafetyTrainerMixin:
         Each process draws its own batches (the generator is seeded with :func:`rank_seed`), so a loss
         averaged over processes is a mean over ``world size x batch_size`` samples, as the user batch is.
         ``skip`` draws are discarded first (a resumed run continues the stream where it stopped)."""
-        gen = torch.Generator().manual_seed(rank_seed(seed, self.accelerator.process_index))
-        n = len(dataset)
-        size = min(batch_size, n)
-        for _ in range(skip):
-            torch.randperm(n, generator=gen)
-        while True:
-            idx = torch.randperm(n, generator=gen)[:size].tolist()
-            batch = self.data_collator([dataset[i] for i in idx])
+        from torch.utils.data import DataLoader
+
+        sampler = FreshPermutationBatches(len(dataset), batch_size, rank_seed(seed, self.accelerator.process_index), skip)
+        for batch in DataLoader(dataset, batch_sampler=sampler, collate_fn=self.data_collator):
             yield self._prepare_inputs(batch)
 
     #: the collated keys a causal LM's forward takes; collators (TRL's) may add others, such as masks
