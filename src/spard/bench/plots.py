@@ -78,7 +78,8 @@ def plot_results(out: Path, rows: Sequence[dict[str, Any]], starts: Sequence[dic
     fig.tight_layout()
     written.append(_save(fig, out / "asr_per_attack.png"))
 
-    spag_runs = [r for r in rows if r["defense"] == "spard"][:6]
+    # runs whose trainer made safety projections (their rows carry SPAG's statistics), whatever the label
+    spag_runs = [r for r in rows if r.get("projections_fired") is not None][:6]
     if spag_runs:
         fig, axes = plt.subplots(1, len(spag_runs), figsize=(4.2 * len(spag_runs), 3.6), squeeze=False)
         for ax, r in zip(axes[0], spag_runs, strict=False):

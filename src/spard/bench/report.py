@@ -35,7 +35,7 @@ from spard.bench.tables import (
 from spard.io import atomic_write_json, atomic_write_text
 
 
-def with_task_gain(rows: Sequence[dict[str, Any]], starts: Sequence[dict[str, Any]], baseline: str = "sft") -> list[dict[str, Any]]:
+def with_task_gain(rows: Sequence[dict[str, Any]], starts: Sequence[dict[str, Any]], baseline: str) -> list[dict[str, Any]]:
     """``rows`` with ``task_gain_kept``: the share of plain fine-tuning's task gain a run keeps,
 
         (NLL_start - NLL_run) / (NLL_start - NLL_sft),
