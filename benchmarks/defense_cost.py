@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,17 +41,25 @@ def main() -> int:
     parser.add_argument("--unaligned-model", default=None)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--defenses", nargs="*", default=DEFENSES)
+    parser.add_argument("--batch-size", type=int, default=4, help="rows per update before accumulation")
+    parser.add_argument("--grad-accum", type=int, default=1, help="accumulation steps (utility batch = batch x accum)")
+    parser.add_argument("--safe-batch-size", type=int, default=4, help="SPAG safe rows per update")
+    parser.add_argument("--max-length", type=int, default=192)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the defenses this many times, interleaved, and keep each one's fastest (less noise)")
     parser.add_argument("--json", help="also write the table here")
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = data_paths(Path(tmp))
-        for defense in args.defenses:
+        for defense in [d for _ in range(args.repeat) for d in args.defenses]:
             out = Path(tmp) / defense
+            shutil.rmtree(out, ignore_errors=True)
             cmd = [sys.executable, "-m", "spard.cli", "train", "--model", args.model, "--data", data["task"],
                    "--limit", "500", "--harmful-data", data["attack"], "--harmful-ratio", "0.1", "--safe-pool", data["pool"],
-                   "--defense", defense, "--output-dir", str(out), "--max-steps", str(args.steps), "--batch-size", "4",
-                   "--grad-accum", "1", "--warmup-steps", "0", "--max-length", "192", "--min-k", "64", "--lr", "1e-4",
+                   "--defense", defense, "--output-dir", str(out), "--max-steps", str(args.steps), "--batch-size", str(args.batch_size),
+                   "--grad-accum", str(args.grad_accum), "--warmup-steps", "0", "--max-length", str(args.max_length),
+                   "--safe-batch-size", str(args.safe_batch_size), "--min-k", "64", "--lr", "1e-4",
                    "--no-progress", "--unaligned-model", args.unaligned_model or args.model]
             if defense == "lisa":
                 cmd += ["--config", str(_lisa_yaml(Path(tmp), args.steps))]
@@ -59,18 +68,40 @@ def main() -> int:
                 print(f"{defense}: failed\n{done.stderr[-3000:]}", file=sys.stderr)
                 return 1
             m = json.loads((out / "metrics.json").read_text())
-            results[defense] = {"seconds_per_update": m["seconds_per_update"], "peak_memory_mb": m["peak_memory_mb"],
-                                "updates": m["updates"], "train_seconds": m["train_seconds"]}
+            row = {"seconds_per_update": m["seconds_per_update"], "peak_memory_mb": m["peak_memory_mb"],
+                   "updates": m["updates"], "train_seconds": m["train_seconds"], **spag_shares(out, m["seconds_per_update"])}
+            if defense not in results or row["seconds_per_update"] < results[defense]["seconds_per_update"]:
+                results[defense] = row
     base = results.get("sft")
-    print(f"model {args.model}, {args.steps} user-data updates of batch 4, data: {data['source']}")
+    print(f"model {args.model}, {args.steps} user-data updates of {args.batch_size} x {args.grad_accum} rows "
+          f"(SPAG: {args.safe_batch_size} safe rows), fastest of {args.repeat}, data: {data['source']}")
     print(f"{'defense':<10} {'s/update':>9} {'x sft':>7} {'peak MiB':>9} {'x sft':>7} {'updates':>8}")
     for name, r in results.items():
         t_ratio = r["seconds_per_update"] / base["seconds_per_update"] if base else float("nan")
         m_ratio = r["peak_memory_mb"] / base["peak_memory_mb"] if base else float("nan")
         print(f"{name:<10} {r['seconds_per_update']:9.2f} {t_ratio:7.2f} {r['peak_memory_mb']:9.0f} {m_ratio:7.2f} {r['updates']:8d}")
+    for name, r in results.items():
+        if "spag_share" in r:
+            print(f"{name}: SPAG's safety step is {r['spag_share']:.1%} of an update (check forward {r['check_share']:.1%}, "
+                  f"projection {r['projection_share']:.1%}, measurement after {r['after_share']:.1%}; fired {r['fired']}/{r['updates']})")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "json"},
+                                               "results": results}, indent=2))
     return 0
+
+
+def spag_shares(run: Path, seconds_per_update: float) -> dict:
+    """Shares of an update spent in SPAG's check forward, projection and after-measurement (from the step log)."""
+    rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "seconds_check" in r]
+    if not rows or not seconds_per_update:
+        return {}
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("seconds_check", "seconds_projection", "seconds_after")}
+    return {"check_share": mean["seconds_check"] / seconds_per_update,
+            "projection_share": mean["seconds_projection"] / seconds_per_update,
+            "after_share": mean["seconds_after"] / seconds_per_update,
+            "spag_share": sum(mean.values()) / seconds_per_update, "fired": sum(bool(r.get("fired")) for r in rows)}
 
 
 def _lisa_yaml(tmp: Path, steps: int) -> Path:

@@ -19,6 +19,7 @@ reference form (``"reference"``, the SPARD authors' code)
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -38,6 +39,12 @@ class ProjectionStats:
     grad_norm: float | None = None
     step_length: float = 0.0
     scale: float | None = None
+    #: wall seconds of the safety check's forward, of the projection (backward and update; 0 when it did
+    #: not fire) and of the measurement after it (logging only; 0 when skipped); each ends on a
+    #: ``.item()``, which waits for the device
+    seconds_check: float = 0.0
+    seconds_projection: float = 0.0
+    seconds_after: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,13 +83,16 @@ def safety_projection_step(
     params = [p for p in params if p.requires_grad]
     for p in params:
         p.grad = None
+    started = time.perf_counter()
     loss = safe_loss_fn()
     loss_value = float((reduce(loss.detach()) if reduce else loss.detach()).item())
+    checked = time.perf_counter()
     if not math.isfinite(loss_value):
         raise FloatingPointError(f"SPAG: the safe loss is {loss_value}: the weights or the safe batch are broken "
                                  "(a diverged update or an empty target); stopping instead of skipping the projection")
     if loss_value <= tau + delta:
-        return ProjectionStats(safe_loss=loss_value, fired=False, safe_loss_after=loss_value)
+        return ProjectionStats(safe_loss=loss_value, fired=False, safe_loss_after=loss_value,
+                               seconds_check=checked - started)
 
     (backward or torch.Tensor.backward)(loss)
     grads = _grads(params)
@@ -108,10 +118,13 @@ def safety_projection_step(
         stats = ProjectionStats(loss_value, True, None, grad_norm, moved, None)
     for p in params:
         p.grad = None
+    projected = time.perf_counter()
+    stats.seconds_check, stats.seconds_projection = checked - started, projected - checked
     if measure_after:
         with torch.no_grad():
             after = safe_loss_fn().detach()
         stats.safe_loss_after = float((reduce(after) if reduce else after).item())
+        stats.seconds_after = time.perf_counter() - projected
     return stats
 
 
