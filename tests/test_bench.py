@@ -128,6 +128,7 @@ def test_bench_runs_resumes_and_redoes_partial_runs(tiny_model_dir, toy_data, tm
 def test_dry_run_lists_what_is_left(tiny_model_dir, toy_data, tmp_path):
     rows = run_bench(bench_config(tiny_model_dir, toy_data, tmp_path / "d"), progress=False, dry_run=True)
     assert len(rows) == 6 and all(r["status"] == "to do" for r in rows)
+    assert not (tmp_path / "d").exists()  # a dry run writes nothing, not even its output folder
 
 
 def test_only_and_shards_pick_disjoint_runs_that_cover_the_grid(tiny_model_dir, toy_data, tmp_path):

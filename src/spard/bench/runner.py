@@ -290,7 +290,8 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, dry_run: bool = False,
     off, each starting model is evaluated first, as it is; its row goes to the tables, not the returned list.
     ``launcher`` ``local`` or ``slurm`` runs the unfinished runs as submitit jobs (:mod:`spard.bench.launch`)."""
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if not dry_run:  # a dry run writes nothing, not even the folder
+        out.mkdir(parents=True, exist_ok=True)
     training = not (dry_run or report_only)
     needs_align = any(ALIGNED in g.models for g in cfg.grids)
     aligned, unaligned = (None, None)
