@@ -5,13 +5,15 @@
 * **Label log-likelihood** (generation-free). For prompt ``x`` and labels ``y_1..y_L`` the prediction is
   ``argmax_j log p(y_j + EOS | x)``, the sum of the token log-probabilities of the whole answer
   ``y_j`` followed by the end of the turn, under the chat template the model is fine-tuned with. It is
-  the label the model is most likely to answer *exactly*; it costs one teacher-forced forward pass per
-  (prompt, label), with no sampling and no parsing.
+  the label the model is most likely to answer *exactly*; it costs one forward pass per prompt (its
+  key/value cache is shared by the labels) and one short pass over the label tokens, with no sampling
+  and no parsing.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,14 +53,61 @@ def task_labels(references: Sequence[str]) -> list[str]:
 def label_loglikelihoods(model: Any, tokenizer: Any, examples: Sequence[Example], labels: Sequence[str], *,
                          system_prompt: str | None = None, batch_size: int = 16,
                          max_length: int = 2048) -> list[list[float]]:
-    """``out[i][j] = log p(labels[j] + EOS | examples[i].prompt)`` in nats (see the module docstring)."""
-    from spard.evaluation.loss import response_logprobs
+    """``out[i][j] = log p(labels[j] + EOS | examples[i].prompt)`` in nats (see the module docstring).
 
-    pairs = [ex.with_target(label) for ex in examples for label in labels]
-    scores = response_logprobs(model, tokenizer, pairs, system_prompt=system_prompt, batch_size=batch_size,
-                               max_length=max_length)
-    width = len(labels)
-    return [[s for s, _ in scores[i * width:(i + 1) * width]] for i in range(len(examples))]
+    One forward pass per prompt: a batch of prompts (left-padded) runs once and keeps its key/value
+    cache, which is repeated for the ``L`` labels; the label tokens then run as one short batch of
+    ``B x L`` continuations. The first label token's log-probability comes from the prompt pass, the
+    others from the continuation pass. The same tokens as :func:`spard.data.formatting.tokenize_example`
+    (prompt and answer tokenized apart, EOS appended), so the score is the one a teacher-forced pass
+    over each (prompt, label) pair gives."""
+    import torch
+
+    from spard.data.formatting import prompt_text
+
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    answers = [tokenizer(label, add_special_tokens=False)["input_ids"] + [eos] for label in labels]
+    width_l = max(len(a) for a in answers)
+    answer_ids = torch.tensor([a + [pad] * (width_l - len(a)) for a in answers])
+    answer_mask = torch.tensor([[1] * len(a) + [0] * (width_l - len(a)) for a in answers])
+    prompts = []
+    for ex in examples:
+        ids = tokenizer(prompt_text(tokenizer, ex, system_prompt), add_special_tokens=False)["input_ids"]
+        if len(ids) + width_l > max_length:
+            raise ValueError(f"example {ex.id!r}: prompt and label exceed max_length={max_length} tokens")
+        prompts.append(ids)
+    device = next(model.parameters()).device
+    n_labels = len(labels)
+    out: list[list[float]] = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            width = max(len(p) for p in chunk)
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            first = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+            first_logp = torch.log_softmax(first.logits[:, -1].float(), dim=-1)  # B x V: the first answer token
+            cache = first.past_key_values
+            cache.batch_repeat_interleave(n_labels)
+            cont_ids = answer_ids.repeat(len(chunk), 1).to(device)  # row b * L + j is label j of prompt b
+            cont_mask = torch.cat([mask.repeat_interleave(n_labels, dim=0), answer_mask.repeat(len(chunk), 1).to(device)], dim=1)
+            cont_pos = positions[:, -1:].repeat_interleave(n_labels, dim=0) + 1 + torch.arange(width_l, device=device)
+            with warnings.catch_warnings():  # transformers 5 renames the argument; older versions know only this one
+                warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated")
+                rest = model(input_ids=cont_ids, attention_mask=cont_mask, position_ids=cont_pos, past_key_values=cache).logits
+            rest_logp = torch.log_softmax(rest[:, :-1].float(), dim=-1)  # predicts answer tokens 2..width_l
+            targets = cont_ids[:, 1:]
+            valid = answer_mask.repeat(len(chunk), 1).to(device)[:, 1:].bool()
+            later = (rest_logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * valid).sum(dim=1)  # (B*L)
+            head = first_logp.repeat_interleave(n_labels, dim=0).gather(1, cont_ids[:, :1]).squeeze(1)
+            scores = (head + later).view(len(chunk), n_labels)
+            out += scores.tolist()
+    model.train(was_training)
+    return out
 
 
 def loglik_predictions(model: Any, tokenizer: Any, examples: Sequence[Example], labels: Sequence[str],
