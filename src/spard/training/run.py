@@ -11,6 +11,7 @@ same folder rules.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -255,6 +256,8 @@ def _train(cfg: TrainConfig, defense: Any, task: list[Example], out: Path, state
                 base_key=cfg.model.name, batch_size=selection_cfg.embedding_batch_size,
             )
         picked, selection = select_safe_examples(pool, task, selection_cfg, encoder=encoder, cache_dir=cfg.embedding_cache)
+        del encoder  # the sentence encoder's memory is free for training (it would otherwise live to the end)
+        gc.collect()
         if main_process:
             write_jsonl(out / "safe_set.jsonl", (p.to_row() for p in picked))
         safe_examples = [p.example for p in picked]
