@@ -52,6 +52,12 @@ TRAIN_FLAGS: list[tuple[str, str, type | None, str]] = [
 ]
 
 
+def add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite`` of the commands whose outputs are resumable under the same settings only."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over output files made under other settings (default: refuse to touch them)")
+
+
 def _add_flags(parser: argparse.ArgumentParser, flags: Sequence[tuple[str, str, type | None, str]]) -> None:
     for flag, dest, tp, help_ in flags:
         parser.add_argument(flag, dest=dest, type=tp, default=None, help=help_)

@@ -12,6 +12,7 @@ from spard.cli.common import (
     LLM_FLAGS,
     _add_flags,
     _overrides,
+    add_overwrite_flag,
 )
 from spard.config import load_config
 
@@ -77,8 +78,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--output", required=True, help="JSONL of id, prompt, response (resumed when present)")
     p.add_argument("--limit", type=int)
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding (seeded)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start over output files made under other settings (default: refuse to touch them)")
+    add_overwrite_flag(p)
     _add_flags(p, GENERATION_FLAGS)
     p.set_defaults(func=cmd_generate)
 
@@ -91,7 +91,6 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--task-labels", nargs="+", help="a classification task's labels (default: the distinct references of --task-data)")
     p.add_argument("--judge", action="append", help="judge spec; repeat for several (default keyword)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start over output files made under other settings (default: refuse to touch them)")
+    add_overwrite_flag(p)
     _add_flags(p, EVAL_FLAGS + GENERATION_FLAGS + LLM_FLAGS)
     p.set_defaults(func=cmd_eval)

@@ -13,6 +13,7 @@ from spard.cli.common import (
     LLM_FLAGS,
     _add_flags,
     _llm_config,
+    add_overwrite_flag,
 )
 
 
@@ -250,8 +251,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--judge", action="append", help="judge spec; repeat for several (default keyword)")
     p.add_argument("--output", required=True, help="verdicts JSONL (resumed when present)")
     p.add_argument("--allow-empty", action="store_true", help="accept an empty responses file (ASR n/a)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start over output files made under other settings (default: refuse to touch them)")
+    add_overwrite_flag(p)
     _add_flags(p, LLM_FLAGS)
     p.set_defaults(func=cmd_judge)
 

@@ -11,15 +11,8 @@ from spard.data.formatting import IGNORE_INDEX, tokenize_example
 from spard.data.records import Example
 
 
-def response_logprobs(
-    model: Any,
-    tokenizer: Any,
-    examples: Sequence[Example],
-    *,
-    max_length: int = 256,
-    batch_size: int = 8,
-    system_prompt: str | None = None,
-) -> list[tuple[float, int]]:
+def response_logprobs(model: Any, tokenizer: Any, examples: Sequence[Example], *, max_length: int = 256,
+                      batch_size: int = 8, system_prompt: str | None = None) -> list[tuple[float, int]]:
     """Per example, ``(sum of log p over its response tokens, EOS included; number of those tokens)``,
     teacher-forced under the chat template. An example whose response does not fit ``max_length`` at
     all is an error (a score of a cut answer would be silently wrong).
@@ -68,15 +61,8 @@ def _last_logits(model: Any, ids: torch.Tensor, mask: torch.Tensor, positions: t
     return logits[:, -keep:].float()
 
 
-def response_nll(
-    model: Any,
-    tokenizer: Any,
-    examples: Sequence[Example],
-    *,
-    max_length: int = 256,
-    batch_size: int = 8,
-    system_prompt: str | None = None,
-) -> float:
+def response_nll(model: Any, tokenizer: Any, examples: Sequence[Example], *, max_length: int = 256,
+                 batch_size: int = 8, system_prompt: str | None = None) -> float:
     """Mean negative log-likelihood per response token (EOS included) over ``examples``.
 
     Tokens are pooled over all examples (a token-weighted mean), so batch size does not change it.
