@@ -108,8 +108,12 @@ def test_plugins_load_from_the_command_line_and_the_environment(tmp_path, monkey
         assert "plugin 'no_such_spard_plugin' could not be imported" in capsys.readouterr().err
     finally:
         from spard.evaluation.metrics import TASK_METRICS
+        from spard.registry import LOADED_PLUGINS
 
         TASK_METRICS.remove("always-right")
+        if "my_spard_plugin" in LOADED_PLUGINS:  # later tests (cluster jobs) must not inherit it
+            LOADED_PLUGINS.remove("my_spard_plugin")
+        sys.modules.pop("my_spard_plugin", None)
 
 
 def test_example_defense_runs_in_a_bench_grid(plugins, tiny_model_dir, toy_data, tmp_path):
