@@ -346,7 +346,7 @@ def inference_section(rows: Sequence[dict[str, Any]], runs_dir: Path, judge: str
     table = comparison_frame(frame, items, judge, policy.baseline, policy.harmful_ratio)
     if len(table) > 1:
         lines += [f"## Every defense against {policy.baseline} at p = {policy.harmful_ratio:g} (judge `{judge}`; "
-                  "95% intervals; paired over the cells both ran)", "", table.to_markdown(index=False), ""]
+                  "95% intervals; paired over the cells both ran)", "", table.fillna("").to_markdown(index=False), ""]
     worst = worst_case_frame(frame, items, judge, policy)
     if not worst.empty:
         lines += [f"## Worst case over attack settings at <= {100 * policy.accuracy_loss:g} points accuracy loss against "
