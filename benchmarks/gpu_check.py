@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 SHAPES = {
     # Qwen2.5-7B-Instruct's shape (its config.json), 7.6B parameters
@@ -32,9 +33,9 @@ SHAPES = {
 }
 
 
-class StepTimer:
-    """A TrainerCallback recording the wall time of every optimiser update: from the end of one update
-    (or the start of training) to the end of the next, so data, passes, optimiser and hooks all count."""
+class StepTimer(TrainerCallback):
+    """Records the wall time of every optimiser update: from the end of one update (or the start of
+    training) to the end of the next, so data, passes, optimiser and hooks all count."""
 
     def __init__(self):
         self.times: list[float] = []
@@ -52,11 +53,6 @@ class StepTimer:
         now = self._now()
         self.times.append(now - self._last)
         self._last = now
-
-    def __getattr__(self, name):  # every other TrainerCallback event: nothing to do
-        if name.startswith("on_"):
-            return lambda *a, **k: None
-        raise AttributeError(name)
 
 
 def build_model(shape: str, device: str, dtype: torch.dtype):

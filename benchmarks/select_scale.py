@@ -104,29 +104,32 @@ def run_one(n: int, m: int, d: int, k: int, spread: str, beta: float) -> dict:
             "peak_rss_gib_max": round(max(st.peak for st in stages.values()) / 2**30, 3)}
 
 
-def exactness(n: int, m: int, d: int, k: int, spread: str, beta: float) -> dict:
-    """float32 blockwise screened pipeline vs float64 direct full greedy on the same subsample: identical picks?"""
+def compare_pipelines(pool: np.ndarray, reference: np.ndarray, k: int, beta: float, **blocks: int) -> dict:
+    """The float32 pipeline (blockwise relevance, screened greedy, float32 factor) against the float64 one
+    (direct relevance, full greedy): do they pick the same items?"""
     from spard.selection.dpp import greedy_map, greedy_map_screened
     from spard.selection.rd_dpp import kernel_factor, max_cosine, quality
 
-    pool, reference = synthetic(n, m, d, spread, seed=1)
-    rel32 = max_cosine(pool, reference, pool_block=4096, reference_block=1024)
+    rel32 = max_cosine(pool, reference, **blocks)
     rel64 = (pool.astype(np.float64) @ reference.astype(np.float64).T).max(axis=1)
-    fast = greedy_map_screened(pool, quality(rel32, beta), k, dtype=np.float32)
-    exact = greedy_map(kernel_factor(pool, quality(rel64, beta), dtype=np.float64), k, lazy=True)
-    return {"n": n, "spread": spread, "relevance_max_abs_diff": float(np.abs(rel32 - rel64).max()),
-            "same_picks": bool(np.array_equal(fast.indices, exact.indices)),
-            "first_difference": None if np.array_equal(fast.indices, exact.indices)
-            else int(np.argmax(fast.indices != exact.indices))}
+    fast = greedy_map_screened(pool, quality(rel32, beta), k, dtype=np.float32).indices
+    exact = greedy_map(kernel_factor(pool, quality(rel64, beta), dtype=np.float64), k).indices
+    same = bool(np.array_equal(fast, exact))
+    return {"k": k, "relevance_max_abs_diff": float(np.abs(rel32 - rel64).max()), "same_picks": same,
+            "first_difference": None if same else int(np.argmax(fast != exact))}
+
+
+def exactness(n: int, m: int, d: int, k: int, spread: str, beta: float) -> dict:
+    """The two pipelines on a synthetic subsample."""
+    pool, reference = synthetic(n, m, d, spread, seed=1)
+    return {"n": n, "spread": spread, **compare_pipelines(pool, reference, k, beta, pool_block=4096, reference_block=1024)}
 
 
 def real_pool_check(ks: list[int]) -> dict | None:
     """On the real 8,646-item safety pool (MiniLM embeddings, reference: the first 1,000 GSM8K and SST-2
     training prompts), do the float32 and float64 pipelines pick the same items? None without ../shared."""
     from spard.data.records import FieldMap, load_examples
-    from spard.selection.dpp import greedy_map, greedy_map_screened
     from spard.selection.embeddings import embed_texts
-    from spard.selection.rd_dpp import kernel_factor, max_cosine, quality
     from spard.selection.safe_set import make_encoder
 
     data = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -139,12 +142,9 @@ def real_pool_check(ks: list[int]) -> dict | None:
     for task in ("gsm8k", "sst2"):
         ref_rows = load_examples(data / task / "train.jsonl", FieldMap(target=None), limit=1000)
         ref = embed_texts([ex.embedding_text for ex in ref_rows], encoder, "default")
-        rel32 = max_cosine(pool, ref)
-        rel64 = (pool.astype(np.float64) @ ref.astype(np.float64).T).max(axis=1)
         for k in ks:
-            fast = greedy_map_screened(pool, quality(rel32, 4.0), k, dtype=np.float32)
-            exact = greedy_map(kernel_factor(pool, quality(rel64, 4.0), dtype=np.float64), k)
-            out["checks"].append({"reference": task, "k": k, "same_picks": bool(np.array_equal(fast.indices, exact.indices))})
+            check = compare_pipelines(pool, ref, k, 4.0)
+            out["checks"].append({"reference": task, "k": k, "same_picks": check["same_picks"]})
     return out
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spard.evaluation.stats import mcnemar_exact, wilson_interval
+from spard.evaluation.stats import mcnemar_exact, rate_with_interval
 
 #: Per-prompt outcomes a run can be compared on: key -> (what, higher is better)
 MEASURES = {"harm": "ASR", "task": "task accuracy (generated)", "loglik": "task accuracy (most likely label)"}
@@ -80,9 +80,12 @@ def load_items(runs_dir: Path, rows: Sequence[dict[str, Any]]) -> dict[str, RunI
 def rate(values: Sequence[int | None]) -> dict[str, float | int | None]:
     """``{rate, low, high, k, n}`` of the 1s among the non-missing values (Wilson 95%)."""
     kept = [v for v in values if v is not None]
-    k, n = int(sum(kept)), len(kept)
-    low, high = wilson_interval(k, n)
-    return {"rate": k / n if n else None, "low": low if n else None, "high": high if n else None, "k": k, "n": n}
+    return rate_with_interval(int(sum(kept)), len(kept))
+
+
+def pooled(items: dict[str, RunItems], runs: Any, measure: str, judge: str | None = None) -> list[int | None]:
+    """The outcomes of ``measure`` of every run in ``runs`` (run names) that stored them, one after the other."""
+    return [v for run in runs if run in items for v in (items[run].get(measure, judge) or [])]
 
 
 def paired_blocks(a: Sequence[Sequence[int | None]], b: Sequence[Sequence[int | None]]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -303,8 +306,7 @@ def sweep_frame(frame: pd.DataFrame, items: dict[str, RunItems], judge: str) -> 
     sel = pd.concat([sweep[sweep["attack"] == attack], frame[frame["attack"] == "none"]])
     out = []
     for (label, p), group in sel.groupby(["label", "harmful_ratio"]):
-        values = [v for run in group["run"] if run in items for v in (items[run].get("harm", judge) or [])]
-        acc = [v for run in group["run"] if run in items for v in (items[run].task or [])]
+        values, acc = pooled(items, group["run"], "harm", judge), pooled(items, group["run"], "task")
         if values:
             out.append({"attack": attack, "defense": label, "p": float(p), "runs": len(group), **{
                 f"asr_{k}": v for k, v in rate(values).items()}, **{f"acc_{k}": v for k, v in rate(acc).items()}})
@@ -320,10 +322,10 @@ def worst_case_frame(frame: pd.DataFrame, items: dict[str, RunItems], judge: str
     for label, group in attacked.groupby("label"):
         worst, where, counted = None, None, 0
         for (attack, p), runs in group.groupby(["attack", "harmful_ratio"]):
-            harm = [v for run in runs["run"] if run in items for v in (items[run].get("harm", judge) or [])]
-            acc = rate([v for run in runs["run"] if run in items for v in (items[run].task or [])])
+            harm = pooled(items, runs["run"], "harm", judge)
+            acc = rate(pooled(items, runs["run"], "task"))
             base_runs = cells(frame, policy.baseline, float(p), attack).values()
-            base_acc = rate([v for run in base_runs if run in items for v in (items[run].task or [])])
+            base_acc = rate(pooled(items, base_runs, "task"))
             if not harm or (acc["n"] and base_acc["n"] and acc["rate"] < base_acc["rate"] - policy.accuracy_loss):
                 continue
             counted += 1

@@ -15,6 +15,7 @@ slurm_partition=gpu --launcher-option gpus_per_node=1 --launcher-option timeout_
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,13 +44,10 @@ def make_executor(kind: str, folder: Path, options: dict[str, Any]) -> Any:
 def run_job(run: Any, run_dir: str, cfg: Any, plugins: Sequence[str], paths: Sequence[str] = ()) -> str:
     """One job: load the plugins the grid was started with (from the submitter's import paths as well as
     the job's own), then the inline bench's ``execute_run``."""
-    import logging as _logging
-    import sys
-
     from spard.bench.runner import execute_run
     from spard.registry import load_plugins
 
-    _logging.basicConfig(level=_logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.path.extend(p for p in paths if p not in sys.path)
     load_plugins(plugins)
     execute_run(run, Path(run_dir), cfg, progress=False)
@@ -63,8 +61,6 @@ def launch(pending: Sequence[tuple[Any, Path]], cfg: Any, kind: str, options: di
     if not pending:
         return {}
     executor = make_executor(kind, Path(cfg.output_dir) / "submitit", dict(options or {}))
-    import sys
-
     jobs = [(run, executor.submit(run_job, run, str(run_dir), cfg, list(LOADED_PLUGINS), list(sys.path)))
             for run, run_dir in pending]
     logger.info("submitted %d runs as %s jobs (%s)", len(jobs), kind, ", ".join(str(job.job_id) for _, job in jobs))

@@ -170,6 +170,8 @@ def greedy_map_screened(embeddings: np.ndarray, q: np.ndarray, k: int, eps: floa
     pool has a negligible bound, so a pool of 10^6 costs a greedy over a few 10^4 items and the factor is
     never formed for the rest.
     """
+    from spard.selection.rd_dpp import kernel_factor
+
     E = np.asarray(embeddings)
     n = E.shape[0]
     k = max(0, min(int(k), n))
@@ -179,7 +181,7 @@ def greedy_map_screened(embeddings: np.ndarray, q: np.ndarray, k: int, eps: floa
     m = min(n, first_size or max(20 * k, 20_000))
     while True:
         chosen = np.sort(order[:m])
-        result = greedy_map((np.asarray(E[chosen], dtype=dtype) * q[chosen, None].astype(dtype)), k, eps)
+        result = greedy_map(kernel_factor(E[chosen], q[chosen], dtype=dtype), k, eps)
         tau = bound[order[m]] if m < n else -np.inf
         if m == n or (len(result.gains) and result.gains.min() > tau):
             logger.debug("screened greedy MAP: %d of %d items as candidates", m, n)
