@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -170,6 +171,13 @@ def test_align_stage_on_the_tiny_model(tiny_model_dir, toy_data, tmp_path):
     for side in ("before", "after"):
         assert 0 <= report[side]["refusal"] <= 1 and 0 <= report[side]["over_refusal"] <= 1
     assert json.loads((tmp_path / "align" / "alignment.json").read_text())["updates"] == 2
+    # a fresh clone: the report and the training metrics are committed, the model is not; aligning again
+    # re-makes the identical model instead of refusing the folder as a finished run
+    shutil.rmtree(tmp_path / "align" / "model")
+    again = run_alignment(dataclasses.replace(cfg, check_harmful=[], check_benign=None))
+    assert again["model_sha256"] == report["model_sha256"]
+    with pytest.raises(ValueError, match="finished run"):  # with its model there, the folder is still refused
+        run_alignment(cfg)
     assert runner.run_align_stage(bench_config(tiny_model_dir, toy_data, tmp_path), tmp_path, False) == (None, None)
 
 

@@ -180,6 +180,10 @@ def run_alignment(cfg: AlignConfig) -> dict[str, Any]:
     _check_not_trained_on(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if (out / "metrics.json").exists() and not (out / "model" / "config.json").exists():
+        # a committed report whose model is not here (a fresh clone): that training is not finished here
+        logger.info("align: %s has the metrics of an earlier alignment but not its model; training it again", out)
+        (out / "metrics.json").unlink()
     rng = random.Random(cfg.training.seed)
     picked: list[Example] = []
     counts: dict[str, int] = {}
