@@ -375,7 +375,7 @@ def test_demo_prints_the_aligned_model_then_sft_and_spard(tiny_model_dir, tmp_pa
 
 
 def test_a_setting_added_with_its_neutral_value_keeps_the_keys_of_finished_runs():
-    from spard.bench.config import KEY_NEUTRAL_DEFAULTS, config_hash, run_key
+    from spard.bench.config import CHANGED_DEFAULTS, KEY_NEUTRAL_DEFAULTS, config_hash, run_key
 
     before = {"defense": "lisa", "lisa": {"rho": 1.0}}  # a run keyed before lisa.proximal_from existed
     assert run_key(before) == config_hash(before)
@@ -389,7 +389,7 @@ def test_a_setting_added_with_its_neutral_value_keeps_the_keys_of_finished_runs(
     defaults = to_dict(TrainConfig())
     for dotted, neutral in KEY_NEUTRAL_DEFAULTS.items():
         section, leaf = dotted.split(".")
-        assert defaults[section][leaf] == neutral, dotted
+        assert (defaults[section][leaf] == neutral) != (dotted in CHANGED_DEFAULTS), dotted
 
 
 @pytest.mark.parametrize("n", [3, 10, 13, 20])

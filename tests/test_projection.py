@@ -23,7 +23,7 @@ def test_closed_form_lands_on_the_linearised_constraint():
     L0 = float(loss_fn())  # 4.5
     g = torch.cat([b.flatten() for b in before])  # gradient = theta
     tau = 4.0
-    stats = safety_projection_step(params, loss_fn, tau=tau, delta=0.1, form="closed", radius=100.0)
+    stats = safety_projection_step(params, loss_fn, tau=tau, delta=0.1, form="closed", radius=100.0, measure_after=True)
     assert stats.fired
     step = torch.cat([(p.detach() - b).flatten() for p, b in zip(params, before, strict=True)])
     # linearised constraint is active: L0 + g . step == tau
@@ -83,3 +83,15 @@ def test_reference_form_requires_optimizer_and_valid_form():
         safety_projection_step(params, quadratic(params, [torch.zeros(1, dtype=torch.float64)]), tau=0, delta=0, form="reference")
     with pytest.raises(ValueError, match="projection form"):
         safety_projection_step(params, quadratic(params, [torch.zeros(1, dtype=torch.float64)]), tau=0, delta=0, form="nope")
+
+
+def test_the_after_measurement_is_one_more_forward_and_off_by_default():
+    calls = []
+    for measure in (False, True):
+        params = make([[3.0, 4.0]])
+        inner = quadratic(params, [torch.zeros(2, dtype=torch.float64)])
+        calls.clear()
+        stats = safety_projection_step(params, lambda: calls.append(1) or inner(), tau=0.0, delta=0.0,
+                                       **({"measure_after": True} if measure else {}))
+        assert stats.fired and len(calls) == (2 if measure else 1)
+        assert (stats.safe_loss_after is not None) == measure and (stats.seconds_after > 0) == measure

@@ -45,7 +45,7 @@ def safe_loss_of(run_dir, safe_rows):
 
 def test_spag_ends_with_lower_safe_loss_than_sft(tiny_model_dir, toy_data, tmp_path):
     spard = run_training(base_config(tiny_model_dir, toy_data, tmp_path / "spard", defense="spard",
-                                     **{"spag.heldout_size": 8, "spag.heldout_every": 5}))
+                                     **{"spag.heldout_size": 8, "spag.heldout_every": 5, "spag.measure_after": True}))
     sft = run_training(base_config(tiny_model_dir, toy_data, tmp_path / "sft", defense="sft"))
     assert spard["training"]["projections_fired"] > 0
     assert spard["origins"] == sft["origins"] == {"task": 120, "harmful:attack": 30}
@@ -164,3 +164,85 @@ def test_safety_batches_are_seeded_fresh_permutations_and_skip_continues_the_str
     resumed = list(itertools.islice(iter(FreshPermutationBatches(50, 4, seed=3, skip=10)), 20))
     assert resumed == stream[10:]
     assert next(iter(FreshPermutationBatches(3, 8, seed=0))) in ([0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0])
+
+
+def _labelled_batch(tokenizer, texts, masked_prefix=3):
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    labels[:, :masked_prefix] = -100  # a prompt the loss does not score
+    return {**batch, "labels": labels}
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 4096])
+def test_chunked_loss_equals_the_library_loss_and_its_gradient(tiny_model_dir, chunk):
+    from spard.training.loss import lm_loss
+
+    model, tok = load_model(str(tiny_model_dir))
+    model.train()
+    batch = _labelled_batch(tok, ["the cat sat on the mat today", "a dog", "refuse to help with that request now"])
+    reference = model(**batch).loss
+    reference.backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    loss = lm_loss(model, batch, chunk)
+    assert torch.allclose(loss, reference, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    for name, grad in ref_grads.items():
+        assert torch.allclose(dict(model.named_parameters())[name].grad, grad, rtol=1e-4, atol=1e-6), name
+    # under gradient accumulation the sum is divided by the accumulated batch's token count
+    count = int((batch["labels"][:, 1:] != -100).sum())
+    summed = lm_loss(model, batch, chunk, num_items=torch.tensor(4 * count))
+    assert torch.allclose(summed * 4, reference, rtol=1e-5)
+
+
+def test_automatic_chunking_leaves_the_replication_shapes_alone():
+    from spard.training.loss import chunk_rows
+
+    vocab = 49152  # SmolLM2
+    assert chunk_rows(None, 8, 128, vocab) == 0  # every replication run (201 MB of logits)
+    assert chunk_rows(None, 8, 256, vocab) == 1024  # the defaults' passes (403 MB)
+    assert chunk_rows(0, 8, 4096, vocab) == 0 and chunk_rows(7, 1, 8, vocab) == 7
+    with pytest.raises(ValueError, match="loss_chunk_size"):
+        chunk_rows(-1, 8, 128, vocab)
+
+
+def test_a_model_with_soft_capped_logits_keeps_the_library_loss(caplog):
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from spard.training.loss import lm_loss
+
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(Gemma2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                           final_logit_softcapping=2.0))
+    ids = torch.randint(0, 64, (2, 6))
+    with caplog.at_level("WARNING", logger="spard.training.loss"):
+        assert lm_loss(model, {"input_ids": ids, "labels": ids}, 4) is None
+    assert "soft-capped" in caplog.text
+
+
+def test_training_with_a_chunked_loss_follows_the_same_trajectory(tiny_model_dir, toy_data, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    import spard.training.loss as loss_mod
+
+    calls = []
+    real = loss_mod.lm_loss
+    monkeypatch.setattr(loss_mod, "lm_loss", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    logs, weights = {}, {}
+    for chunk in (0, 7):
+        out = tmp_path / f"c{chunk}"
+        cfg = base_config(tiny_model_dir, toy_data, out, defense="spard", **{
+            "training.max_steps": 4, "training.batch_size": 4, "training.gradient_accumulation_steps": 2,
+            "training.loss_chunk_size": chunk, "spag.tau": 0.0, "spag.delta": 0.0})
+        run_training(cfg)
+        logs[chunk] = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        weights[chunk] = load_file(str(out / "model" / "adapter_model.safetensors"))
+    for plain, chunked in zip(logs[0], logs[7], strict=True):
+        for field in ("utility_loss", "safe_loss"):
+            assert plain[field] == pytest.approx(chunked[field], rel=1e-4), field
+        assert plain["fired"] == chunked["fired"]
+    assert any(row["fired"] for row in logs[7])  # the safe batch's loss (and its backward) went through chunks
+    assert calls and set(calls) == {7}  # only the chunked run took the chunked path, on every pass
+    for name, a in weights[0].items():
+        assert torch.allclose(a, weights[7][name], rtol=1e-3, atol=1e-5), name

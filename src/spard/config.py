@@ -132,6 +132,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "TrainingSettings.max_steps": ((lambda v: v == -1 or v > 0), "-1 (train for `epochs`) or > 0"),
     "TrainingSettings.batch_size": _COUNT, "TrainingSettings.gradient_accumulation_steps": _COUNT,
     "TrainingSettings.micro_batch_size": _optional(_COUNT),
+    "TrainingSettings.loss_chunk_size": _optional(_NONNEG),
     "TrainingSettings.warmup_steps": _NONNEG, "TrainingSettings.weight_decay": _NONNEG,
     "TrainingSettings.max_grad_norm": ((lambda v: v >= 0), ">= 0 (0 = no clipping)"),
     "TrainingSettings.logging_steps": _COUNT, "TrainingSettings.save_steps": _NONNEG,

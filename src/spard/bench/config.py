@@ -129,11 +129,18 @@ class RunSpec:
 KEY_NEUTRAL_DEFAULTS: dict[str, Any] = {"lisa.proximal_from": 0.0, "data.harmful_ratio_of": "task",
                                         "training.save_steps": 0,
                                         # automatic micro-batching leaves every batch of <= 2048 tokens as it was
-                                        "training.micro_batch_size": None}
+                                        "training.micro_batch_size": None,
+                                        # the library's loss (no chunks), what every run before the setting
+                                        # used; its default (automatic) differs, see CHANGED_DEFAULTS
+                                        "training.loss_chunk_size": 0}
+#: Settings whose default is not their neutral value: a config that does not mention one runs differently
+#: from before on some shapes, so its key changes. The committed replication configs pin the neutral value.
+CHANGED_DEFAULTS = ("training.loss_chunk_size",)
 #: Settings added after alignment stages had been keyed (an alignment's key is the hash of its whole
 #: config): left out of the key at these values, so an aligned model stays current. Add new ModelConfig /
 #: TrainingSettings fields here and to KEY_NEUTRAL_DEFAULTS.
 ALIGN_KEY_NEUTRAL_DEFAULTS: dict[str, Any] = {"model.attn_implementation": None, "model.quantization": None,
+                                              "training.loss_chunk_size": 0,
                                               "training.gradient_checkpointing": False}
 KEY_NEUTRAL_DEFAULTS.update(ALIGN_KEY_NEUTRAL_DEFAULTS)
 

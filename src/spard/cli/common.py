@@ -32,6 +32,8 @@ TRAIN_FLAGS: list[tuple[str, str, type | None, str]] = [
     ("--grad-accum", "training.gradient_accumulation_steps", int, "gradient accumulation steps"),
     ("--micro-batch-size", "training.micro_batch_size", int,
      "rows per forward pass (default: automatic, at most 2048 tokens; the update is unchanged)"),
+    ("--loss-chunk-size", "training.loss_chunk_size", int,
+     "rows of vocabulary logits per chunk of the loss (default: automatic, chunks when a pass's logits exceed 256 MiB; 0 = never)"),
     ("--warmup-steps", "training.warmup_steps", int, "warm-up updates"),
     ("--seed", "training.seed", int, "seed for mixing, sampling and initialisation"),
     ("--save-steps", "training.save_steps", int, "checkpoint every N updates so that --resume can continue (0 = none)"),

@@ -77,8 +77,13 @@ class SafetyTrainerMixin:
     #: Whether the trainer draws batches from a safety (alignment) set, which must then be non-empty.
     needs_safe_data: bool = False
 
-    def __init__(self, *args: Any, step_log: str | Path | None = None, safe_dataset: Any = None, **kwargs: Any):
+    def __init__(self, *args: Any, step_log: str | Path | None = None, safe_dataset: Any = None,
+                 loss_chunk_size: int | None = 0, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        #: ``training.loss_chunk_size``: 0 = the library's loss (the default here, so a TRL trainer's own
+        #: ``compute_loss`` runs), None = chunked when a pass's logits would be large, N = chunks of N rows
+        self.loss_chunk_size = loss_chunk_size
+        self._chunked_loss_ok = True
         if self.needs_safe_data and (safe_dataset is None or len(safe_dataset) == 0):
             raise ValueError(f"{type(self).__name__} needs a non-empty safety set")
         self.safe_dataset = safe_dataset
@@ -150,7 +155,36 @@ class SafetyTrainerMixin:
 
     def batch_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean token loss of the (wrapped) model on a batch, with a graph."""
-        return self.model_wrapped(**{k: v for k, v in batch.items() if k in self.MODEL_INPUTS}).loss
+        inputs = {k: v for k, v in batch.items() if k in self.MODEL_INPUTS}
+        loss = self._chunked_loss(self.model_wrapped, inputs)
+        return loss if loss is not None else self.model_wrapped(**inputs).loss
+
+    def _chunked_loss(self, model: Any, inputs: dict[str, torch.Tensor], num_items: Any = None) -> torch.Tensor | None:
+        """The token loss by :func:`spard.training.loss.lm_loss` when ``loss_chunk_size`` asks for chunks on
+        this batch's shape, else None (the caller uses the library's loss)."""
+        from spard.training.loss import chunk_rows, lm_loss
+
+        if (self.loss_chunk_size == 0 or not self._chunked_loss_ok or "labels" not in inputs
+                or self.label_smoother is not None or self.compute_loss_func is not None):
+            return None
+        vocab = self.accelerator.unwrap_model(self.model).config.vocab_size
+        rows = chunk_rows(self.loss_chunk_size, *inputs["input_ids"].shape, vocab)
+        if not rows:
+            return None
+        loss = lm_loss(model, inputs, rows, num_items)
+        self._chunked_loss_ok = loss is not None  # a model whose logits are post-processed never chunks again
+        return loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not return_outputs:
+            counted = num_items_in_batch if self.model_accepts_loss_kwargs else None
+            loss = self._chunked_loss(model, {k: v for k, v in inputs.items() if k in self.MODEL_INPUTS}, counted)
+            if loss is not None:
+                if self.args.average_tokens_across_devices and counted is not None:  # as Trainer.compute_loss scales
+                    loss = loss * (self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1
+                                   else self.args.n_gpu)
+                return loss
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     # ---- plumbing ----
     def training_step(self, model, inputs, num_items_in_batch=None):

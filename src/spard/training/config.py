@@ -49,6 +49,11 @@ class TrainingSettings:
     #: (``batch_size / micro`` more accumulation steps); only peak memory changes. Memory grows with
     #: micro-batch x length x vocabulary (the float32 logits and their gradient dominate for small models).
     micro_batch_size: int | None = None
+    #: the loss over the vocabulary in chunks of this many rows of logits, each recomputed in the backward
+    #: pass (:mod:`spard.training.loss`; same loss, less memory); None = automatic: chunks of 1024 rows when
+    #: one pass's float32 logits over every position would exceed 256 MiB (8 x 256 tokens of SmolLM2);
+    #: 0 = never (the library's loss, what every run before this setting used)
+    loss_chunk_size: int | None = None
     warmup_steps: int = 100
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0

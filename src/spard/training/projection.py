@@ -65,7 +65,7 @@ def safety_projection_step(
     optimizer: torch.optim.Optimizer | None = None,
     backward: Callable[[torch.Tensor], None] | None = None,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    measure_after: bool = True,
+    measure_after: bool = False,
 ) -> ProjectionStats:
     """Perform SPAG's safety check and, when ``L_s > tau + delta``, its projection.
 

@@ -294,6 +294,7 @@ def _train(cfg: TrainConfig, defense: Any, task: list[Example], out: Path, state
         processing_class=tokenizer,
         step_log=out / "train_log.jsonl",
         safe_dataset=safe_ds,
+        loss_chunk_size=cfg.training.loss_chunk_size,
         **defense.trainer_kwargs(heldout_ds),
     )
     train_started = time.perf_counter()

@@ -32,7 +32,9 @@ class SPAGConfig:
     form: str = "reference"
     radius: float = 1.0
     safe_batch_size: int = 4
-    measure_after: bool = True
+    #: after a projection, measure the safe loss again on the same batch (``safe_loss_after`` in the step
+    #: log); logging only, a forward pass per projection, so off by default (the replication configs keep it)
+    measure_after: bool = False
     #: Track the loss on this many held-out pool samples (not in the safe set) every ``heldout_every`` updates; 0 = off.
     heldout_size: int = 0
     heldout_every: int = 10
@@ -133,7 +135,8 @@ class SPAGMixin(SafetyTrainerMixin):
                 "projections_fired": len(fired),
                 "projection_rate": len(fired) / len(rows) if rows else 0.0,
                 "safe_loss_first": rows[0]["safe_loss"] if rows else None,
-                "safe_loss_last": rows[-1]["safe_loss_after"] if rows else None,
+                "safe_loss_last": (rows[-1]["safe_loss_after"] if rows[-1].get("safe_loss_after") is not None
+                                   else rows[-1]["safe_loss"]) if rows else None,
                 "mean_step_length": sum(r["step_length"] for r in fired) / len(fired) if fired else 0.0,
             }
         )
