@@ -85,13 +85,17 @@ def test_reference_form_requires_optimizer_and_valid_form():
         safety_projection_step(params, quadratic(params, [torch.zeros(1, dtype=torch.float64)]), tau=0, delta=0, form="nope")
 
 
+def counting(loss_fn, calls):
+    def counted():
+        calls.append(1)
+        return loss_fn()
+    return counted
+
+
 def test_the_after_measurement_is_one_more_forward_and_off_by_default():
-    calls = []
     for measure in (False, True):
-        params = make([[3.0, 4.0]])
-        inner = quadratic(params, [torch.zeros(2, dtype=torch.float64)])
-        calls.clear()
-        stats = safety_projection_step(params, lambda: calls.append(1) or inner(), tau=0.0, delta=0.0,
-                                       **({"measure_after": True} if measure else {}))
+        params, calls = make([[3.0, 4.0]]), []
+        loss_fn = counting(quadratic(params, [torch.zeros(2, dtype=torch.float64)]), calls)
+        stats = safety_projection_step(params, loss_fn, tau=0.0, delta=0.0, **({"measure_after": True} if measure else {}))
         assert stats.fired and len(calls) == (2 if measure else 1)
         assert (stats.safe_loss_after is not None) == measure and (stats.seconds_after > 0) == measure
