@@ -53,7 +53,8 @@ def test_spag_ends_with_lower_safe_loss_than_sft(tiny_model_dir, toy_data, tmp_p
     assert len(safe) == 16
     assert safe_loss_of(tmp_path / "spard", safe) < safe_loss_of(tmp_path / "sft", safe) - 0.05
     log = [json.loads(line) for line in (tmp_path / "spard" / "train_log.jsonl").read_text().splitlines()]
-    assert len(log) == 25 and all({"utility_loss", "safe_loss", "safe_loss_after", "fired", "step_length"} <= set(r) for r in log)
+    assert len(log) == 25 and all({"utility_loss", "safe_loss", "safe_loss_after", "fired", "step_length", "seconds"} <= set(r) for r in log)
+    assert all(r["seconds"] >= r["seconds_check"] + r["seconds_projection"] + r["seconds_after"] > 0 for r in log)
     assert [r["step"] for r in log if "heldout_safe_loss" in r] == [5, 10, 15, 20, 25]
     assert spard["training"]["heldout_safe_loss_last"] == log[-1]["heldout_safe_loss"]
     fired = [r for r in log if r["fired"]]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,8 +71,9 @@ class SafetyTrainerMixin:
     put it first in the bases (``class T(SafetyTrainerMixin, SFTTrainer)``).
 
     Each row has ``step``, the update's data loss under :meth:`loss_name` (``utility_loss`` for the
-    user's data; a subclass that trains on other data in some updates names it otherwise) and whatever
-    the hooks returned. ``step_log`` (a path) makes the rows land on disk as they are produced.
+    user's data; a subclass that trains on other data in some updates names it otherwise), whatever
+    the hooks returned, and ``seconds``, the wall time of the whole update (the first row's counts from
+    the end of :meth:`on_train_start`, so set-up such as SPAG's ``tau="auto"`` is not in it). ``step_log`` (a path) makes the rows land on disk as they are produced.
     """
 
     #: Whether the trainer draws batches from a safety (alignment) set, which must then be non-empty.
@@ -92,6 +94,7 @@ class SafetyTrainerMixin:
         self._pending: dict[str, Any] = {}
         self._step_loss = 0.0
         self._log: JsonlAppender | None = None
+        self._step_started = time.perf_counter()
         #: set by the caller before ``train(resume_from_checkpoint=...)``: the checkpoint folder and its step
         self.resume_dir: Path | None = None
         self.resumed_step = 0
@@ -211,6 +214,7 @@ class SafetyTrainerMixin:
         if self.step_log_path and self.is_world_process_zero():
             self._log = JsonlAppender(self.step_log_path)
         self.on_train_start()
+        self._step_started = time.perf_counter()
 
     def _save_resume_state(self, step: int) -> None:
         if not self.is_world_process_zero():
@@ -225,6 +229,9 @@ class SafetyTrainerMixin:
         row = {"step": self.state.global_step, self.loss_name(): self._step_loss}
         row.update(self._pending)
         row.update(self.after_optimizer_step() or {})
+        now = time.perf_counter()
+        row["seconds"] = now - self._step_started  # the whole update, hooks included (the first one: since start)
+        self._step_started = now
         self._pending, self._step_loss = {}, 0.0
         self.step_records.append(row)
         if self._log:
