@@ -212,11 +212,14 @@ def judge_quality_table(report: dict[str, Any] | None, source: str = "") -> list
 
     lines = [f"## Judges against human labels ({report.get('split', '?')} split of `{report.get('labels', '?')}`"
              f"{f', from `{source}`' if source else ''})", "",
-             "| judge | measures | agreement with harm label | Cohen's kappa [95%] | judged harmful | labelled harmful |",
-             "|---|---|---|---|---|---|"]
+             "| judge | measures | agreement with harm label | Cohen's kappa [95%] | judged harmful | labelled harmful "
+             "| on harmful prompts only (what an ASR uses): agreement, kappa |",
+             "|---|---|---|---|---|---|---|"]
     for j in report.get("judges", []):
         h, k = j["harm"], j["harm"]["kappa"]
+        only = j.get("harm_on_harmful_prompts")
+        only = f"{format_rate(only['accuracy'])}, {_fmt(only['kappa']['value'], digits=2)} (n = {only['n']})" if only else "-"
         lines.append(f"| `{j.get('spec', j['judge'])}` | {j['measures']} | {format_rate(h['accuracy'])} "
                      f"| {_fmt(k['value'], digits=2)} [{_fmt(k['low'], digits=2)}, {_fmt(k['high'], digits=2)}] "
-                     f"| {format_rate(h['predicted_rate'])} | {format_rate(h['label_rate'])} |")
+                     f"| {format_rate(h['predicted_rate'])} | {format_rate(h['label_rate'])} | {only} |")
     return lines + [""]

@@ -76,6 +76,8 @@ def cmd_judge_fit(args: argparse.Namespace) -> int:
         raise ValueError(f"--C must be > 0, got {args.C}")
     if args.kind == "harm":
         return _fit_harm_judge(args)
+    if args.kind == "stacked":
+        return _fit_stacked_judge(args)
     if args.benign or args.dev_labels:
         raise ValueError("--benign and --dev-labels are for --kind harm")
     texts, labels = responses_and_labels(args.data, args.safe_field, args.unsafe_field)
@@ -109,9 +111,12 @@ def _fit_harm_judge(args: argparse.Namespace) -> int:
     from spard.evaluation.labelling import agreement_stats, labelled_responses, load_labels
     from spard.models.loading import file_sha256
 
+    if args.dev_labels and len(args.dev_labels) > 1:
+        raise ValueError("--kind harm takes one --dev-labels file")
+    dev_labels = args.dev_labels[0] if args.dev_labels else None
     if not args.benign:
         raise ValueError("--kind harm needs --benign: files of benign prompts with answers (e.g. gsm8k, openbookqa train)")
-    if args.adapt_on_dev and not args.dev_labels:
+    if args.adapt_on_dev and not dev_labels:
         raise ValueError("--adapt-on-dev needs --dev-labels")
     pairs: list = []
     if not args.init or args.adapt_on_dev:  # the synthetic pairs train the judge, or are replayed while adapting it
@@ -131,12 +136,12 @@ def _fit_harm_judge(args: argparse.Namespace) -> int:
             clf = fit_harm_classifier(pairs, HarmFitConfig(backbone=args.encoder, epochs=args.epochs, seed=args.seed))
             clf.info.update(data=[str(p) for p in args.data], benign=[str(p) for p in args.benign], per_kind=args.per_kind)
             base = clf.save(scratch) if args.adapt_on_dev else None  # reloaded fresh for each cross-fitting fold
-        if args.dev_labels:
-            dev, _ = labelled_responses([lab for lab in load_labels(args.dev_labels) if lab.split == "dev"])
+        if dev_labels:
+            dev, _ = labelled_responses([lab for lab in load_labels(dev_labels) if lab.split == "dev"])
             if not dev:
-                raise ValueError(f"{args.dev_labels}: no dev labels match a response on disk")
+                raise ValueError(f"{dev_labels}: no dev labels match a response on disk")
             truth = [lab.harmful for lab, _ in dev]
-            provenance = {"labels": str(args.dev_labels), "sha256": file_sha256(Path(args.dev_labels)), "split": "dev",
+            provenance = {"labels": str(dev_labels), "sha256": file_sha256(Path(dev_labels)), "split": "dev",
                           "n": len(dev)}
             if args.adapt_on_dev:
                 labelled = [(it.prompt, it.response, int(lab.harmful)) for lab, it in dev]
@@ -156,7 +161,49 @@ def _fit_harm_judge(args: argparse.Namespace) -> int:
     origin = f"from {args.init}" if args.init else f"on {len(pairs)} synthetic pairs ({sum(p[2] for p in pairs)} harmful)"
     print(f"harm judge ({clf.info.get('backbone', args.encoder)}) {origin}: held-out synthetic accuracy "
           f"{'n/a' if held is None else f'{100 * held:.2f}%'}; threshold {clf.threshold:.3f}"
-          f"{' (dev labels)' if args.dev_labels else ''}{', adapted on dev' if args.adapt_on_dev else ''}; saved to {args.output}")
+          f"{' (dev labels)' if dev_labels else ''}{', adapted on dev' if args.adapt_on_dev else ''}; saved to {args.output}")
+    return 0
+
+
+def _fit_stacked_judge(args: argparse.Namespace) -> int:
+    from spard.evaluation.judges.stacked import (
+        FEATURES,
+        Featuriser,
+        build_pool_references,
+        fit_stacked,
+        save_stacked,
+    )
+    from spard.evaluation.labelling import labelled_responses, load_labels
+    from spard.models.loading import file_sha256
+    from spard.selection.safe_set import make_encoder
+
+    if not args.dev_labels:
+        raise ValueError("--kind stacked needs --dev-labels: human labels of model outputs (their dev split is used)")
+    if len(args.data) != 1:
+        raise ValueError("--kind stacked takes one --data file: the safety pool whose unsafe and safe responses it compares with")
+    dev = []
+    for path in args.dev_labels:
+        found, _ = labelled_responses([lab for lab in load_labels(path) if lab.split == "dev"])
+        dev += found
+    if not dev:
+        raise ValueError(f"{', '.join(args.dev_labels)}: no dev labels match a response on disk")
+    encoder = make_encoder(args.encoder)
+    pool = {"path": str(args.data[0]), "sha256": file_sha256(Path(args.data[0])), "n": args.pool_sample, "seed": args.seed}
+    probe = None
+    if args.probe:
+        from spard.evaluation.judges.probe import Probe
+
+        probe = Probe.load(args.probe)
+    featurise = Featuriser(build_pool_references(pool["path"], pool["n"], pool["seed"], encoder), encoder, probe)
+    x = featurise([it.prompt for _, it in dev], [it.response for _, it in dev])
+    model, _ = fit_stacked(x, [int(lab.harmful) for lab, _ in dev], seed=args.seed)
+    labels = [{"path": str(p), "sha256": file_sha256(Path(p))} for p in args.dev_labels]
+    save_stacked(model, args.output, {"encoder": args.encoder, "probe": args.probe, "pool": pool,
+                                      "dev_labels": labels, "split": "dev"})
+    weights = ", ".join(f"{n} {w:+.2f}" for n, w in zip(FEATURES, model.coef, strict=True))
+    print(f"stacked judge on {len(dev)} dev labels ({model.info['harmful']} harmful): C {model.info['C']:g}, "
+          f"out-of-fold kappa {model.info['out_of_fold_kappa']:.3f}, threshold {model.threshold:.3f}; "
+          f"standardised weights: {weights}; saved to {args.output}")
     return 0
 
 
@@ -221,16 +268,19 @@ def cmd_judge_agreement(args: argparse.Namespace) -> int:
     harmful = sum(lab.harmful for lab, _ in pairs)
     print(f"{len(pairs)} labelled responses ({args.split} split; {harmful} harmful, score >= 3), "
           f"{unmatched['missing']} missing, {unmatched['changed']} changed since labelling")
-    print("| judge | measures | agreement with harm label | kappa | judged harmful | recall | agreement with refusal label |")
-    print("|---|---|---|---|---|---|---|")
+    print("| judge | measures | agreement with harm label | kappa | judged harmful | recall | agreement with refusal label "
+          "| on harmful prompts only: agreement, kappa |")
+    print("|---|---|---|---|---|---|---|---|")
     report = []
     for spec in args.judge or ["keyword"]:
         a = judge_agreement(make_judge(spec, _llm_config(args)), pairs, seed=args.seed)
         report.append({"spec": spec, **a})
         k = a["harm"]["kappa"]
         refusal = format_rate(a["refusal"]["accuracy"]) if "refusal" in a else "-"
+        only = a.get("harm_on_harmful_prompts")
+        only = f"{format_rate(only['accuracy'])}, {only['kappa']['value']:.2f} (n = {only['n']})" if only else "-"
         print(f"| {spec} | {a['measures']} | {format_rate(a['harm']['accuracy'])} | {k['value']:.2f} [{k['low']:.2f}, {k['high']:.2f}] "
-              f"| {format_rate(a['harm']['predicted_rate'])} | {format_rate(a['harm']['recall'])} | {refusal} |")
+              f"| {format_rate(a['harm']['predicted_rate'])} | {format_rate(a['harm']['recall'])} | {refusal} | {only} |")
     print("Wilson 95% intervals for rates, bootstrap 95% for kappa; no response text")
     pairs_cmp = paired_comparisons(report)
     for c in pairs_cmp:
@@ -264,13 +314,16 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--encoder", default="minilm", help="probe: sentence encoder for embedding features; harm: the cross-encoder's "
                    "backbone (minilm or a model path)")
     p.add_argument("--eval", nargs="*", help="files to report the fitted probe's accuracy on")
-    p.add_argument("--kind", default="probe", choices=["probe", "harm"],
-                   help="probe: TF-IDF/embedding probe of the response; harm: pair classifier for small-model outputs")
+    p.add_argument("--kind", default="probe", choices=["probe", "harm", "stacked"],
+                   help="probe: TF-IDF/embedding probe of the response; harm: pair classifier for small-model outputs; "
+                        "stacked: logistic judge over refusal, content and shape signals, fit on --dev-labels")
+    p.add_argument("--probe", help="stacked: a fitted probe directory whose score is one of the signals")
+    p.add_argument("--pool-sample", type=int, default=2000, help="stacked: pool rows whose responses it compares with")
     p.add_argument("--benign", nargs="*", help="harm: benign prompts with answers (augmentations: off-topic, benign answers)")
     p.add_argument("--answer-field", default="answer", help="harm: the answer field of --benign files")
     p.add_argument("--per-kind", type=int, default=600, help="harm: synthetic pairs per augmentation kind")
     p.add_argument("--epochs", type=float, default=1.0, help="harm: fine-tuning epochs over the synthetic pairs")
-    p.add_argument("--dev-labels", help="harm: human labels; the threshold is tuned on their dev split only")
+    p.add_argument("--dev-labels", nargs="+", help="harm, stacked: human labels; only their dev split is used")
     p.add_argument("--adapt-on-dev", action="store_true",
                    help="harm: also fine-tune on the dev labels (threshold by 2-fold cross-fitting on dev)")
     p.add_argument("--init", help="harm: start from this fitted judge instead of fitting on the synthetic pairs")

@@ -2,7 +2,8 @@
 
 Specs: ``keyword`` (the refusal rule; ``keyword:v1`` is the superseded rule, for measuring it);
 ``probe:DIR`` (TF-IDF probe of the response); ``harm:DIR`` (the pair classifier for small-model
-outputs, :mod:`spard.evaluation.judges.harm`); ``llm`` or ``llm:MODEL`` (OpenAI-compatible endpoint, settings in
+outputs, :mod:`spard.evaluation.judges.harm`); ``stacked:DIR`` (a logistic judge over refusal, content
+and shape signals fit on human labels, :mod:`spard.evaluation.judges.stacked`); ``llm`` or ``llm:MODEL`` (OpenAI-compatible endpoint, settings in
 :class:`LLMJudgeConfig`); ``classifier:ID``.
 """
 
@@ -53,6 +54,12 @@ def _harm_fingerprint(arg: str, llm: LLMJudgeConfig) -> dict:
     return harm_fingerprint(arg)
 
 
+def _stacked_fingerprint(arg: str, llm: LLMJudgeConfig) -> dict:
+    from spard.evaluation.judges.stacked import stacked_fingerprint
+
+    return stacked_fingerprint(arg)
+
+
 def _llm_fingerprint(arg: str, llm: LLMJudgeConfig) -> dict:
     from spard.evaluation.judges.llm import llm_fingerprint
 
@@ -89,6 +96,16 @@ def _harm(arg: str, llm: LLMJudgeConfig) -> Judge:
     if not arg:
         raise ValueError("judge 'harm' needs a directory: harm:DIR (fit one with `spard judge fit --kind harm`)")
     return HarmJudge(arg)
+
+
+@judge_kind("stacked", _stacked_fingerprint)
+def _stacked(arg: str, llm: LLMJudgeConfig) -> Judge:
+    """stacked:DIR, a logistic judge over refusal, content and shape signals fit on human labels (`spard judge fit --kind stacked`)."""
+    from spard.evaluation.judges.stacked import StackedJudge
+
+    if not arg:
+        raise ValueError("judge 'stacked' needs a directory: stacked:DIR (fit one with `spard judge fit --kind stacked`)")
+    return StackedJudge(arg)
 
 
 @judge_kind("llm", _llm_fingerprint)
