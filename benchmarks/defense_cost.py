@@ -86,7 +86,8 @@ def main() -> int:
     for name, r in results.items():
         if "spag_share" in r:
             print(f"{name}: SPAG's safety step is {r['spag_share']:.1%} of an update (check forward {r['check_share']:.1%}, "
-                  f"projection {r['projection_share']:.1%}, measurement after {r['after_share']:.1%}; fired {r['fired']}/{r['updates']})")
+                  f"projection {r['projection_share']:.1%}, measurement after {r['after_share']:.1%}; fired on {r['fired']} of the "
+                  f"{r['timed_updates']} timed updates)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"settings": {k: v for k, v in vars(args).items() if k != "json"},
