@@ -57,7 +57,7 @@ def test_fit_recovers_the_rule_out_of_fold_and_saves_what_it_predicts(tmp_path):
     save_stacked(model, tmp_path, {"encoder": "minilm", "probe": None, "pool": {}})
     again, meta = load_stacked(tmp_path)
     assert np.allclose(again.proba(x), model.proba(x)) and again.threshold == model.threshold
-    assert meta["C"] == model.info["C"] and meta["features"] == list(FEATURES)
+    assert meta["C"] == model.info["C"] and meta["features"] == list(FEATURES)  # no embedding columns here
     with pytest.raises(ValueError, match="at least 5 harmful"):
         fit_stacked(x[:12], np.r_[np.ones(3), np.zeros(9)].astype(int))
     # scrambled labels: the cross-validated kappa says there is nothing to learn
@@ -128,6 +128,7 @@ def test_stacked_judge_from_labels_to_agreement_beats_the_refusal_rule(tmp_path,
     out = capsys.readouterr().out
     assert "out-of-fold kappa" in out and "Sure" not in out  # no response text
     meta = json.loads((tmp_path / "judge" / "stacked.json").read_text())
+    assert meta["features"][:len(FEATURES)] == list(FEATURES) and len(meta["features"]) == len(FEATURES) + 384
     assert meta["split"] == "dev" and meta["n"] == sum(1 for _ in csv.DictReader((tmp_path / "labels.csv").open())
                                                       if _["split"] == "dev")
     assert main(["judge", "agreement", "--labels", "labels.csv", "--split", "test", "--judge", "stacked:judge",

@@ -200,7 +200,8 @@ def _fit_stacked_judge(args: argparse.Namespace) -> int:
     labels = [{"path": str(p), "sha256": file_sha256(Path(p))} for p in args.dev_labels]
     save_stacked(model, args.output, {"encoder": args.encoder, "probe": args.probe, "pool": pool,
                                       "dev_labels": labels, "split": "dev"})
-    weights = ", ".join(f"{n} {w:+.2f}" for n, w in zip(FEATURES, model.coef, strict=True))
+    weights = ", ".join(f"{n} {w:+.2f}" for n, w in zip(FEATURES, model.coef, strict=False))
+    weights += f" and {len(model.coef) - len(FEATURES)} embedding weights"
     print(f"stacked judge on {len(dev)} dev labels ({model.info['harmful']} harmful): C {model.info['C']:g}, "
           f"out-of-fold kappa {model.info['out_of_fold_kappa']:.3f}, threshold {model.threshold:.3f}; "
           f"standardised weights: {weights}; saved to {args.output}")
