@@ -194,7 +194,8 @@ def _fit_stacked_judge(args: argparse.Namespace) -> int:
         from spard.evaluation.judges.probe import Probe
 
         probe = Probe.load(args.probe)
-    featurise = Featuriser(build_pool_references(pool["path"], pool["n"], pool["seed"], encoder), encoder, probe)
+    featurise = Featuriser(build_pool_references(pool["path"], pool["n"], pool["seed"], encoder), encoder, probe,
+                           embedding=not args.no_embedding)
     x = featurise([it.prompt for _, it in dev], [it.response for _, it in dev])
     model, _ = fit_stacked(x, [int(lab.harmful) for lab, _ in dev], seed=args.seed)
     labels = [{"path": str(p), "sha256": file_sha256(Path(p))} for p in args.dev_labels]
@@ -320,6 +321,7 @@ def add_parsers(sub: Any) -> None:
                         "stacked: logistic judge over refusal, content and shape signals, fit on --dev-labels")
     p.add_argument("--probe", help="stacked: a fitted probe directory whose score is one of the signals")
     p.add_argument("--pool-sample", type=int, default=2000, help="stacked: pool rows whose responses it compares with")
+    p.add_argument("--no-embedding", action="store_true", help="stacked: the seven named features only (no response embedding)")
     p.add_argument("--benign", nargs="*", help="harm: benign prompts with answers (augmentations: off-topic, benign answers)")
     p.add_argument("--answer-field", default="answer", help="harm: the answer field of --benign files")
     p.add_argument("--per-kind", type=int, default=600, help="harm: synthetic pairs per augmentation kind")

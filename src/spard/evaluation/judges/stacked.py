@@ -102,6 +102,8 @@ class Featuriser:
     refs: PoolReferences
     encoder: Any
     probe: Any = None  # a spard.evaluation.judges.probe.Probe, or None
+    #: append the response's embedding to the seven named features
+    embedding: bool = True
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
         from spard.evaluation.judges.keyword import is_refusal
@@ -118,7 +120,8 @@ class Featuriser:
         shape = np.asarray([text_features(r) for r in responses]).reshape(len(responses), 3)
         return np.column_stack([
             [float(is_refusal(r)) for r in responses], probe, (e_prompt * e_response).sum(axis=1),
-            self.refs.margin(e_response.astype(np.float32)), shape, e_response,
+            self.refs.margin(e_response.astype(np.float32)), shape,
+            *([e_response] if self.embedding else []),
         ]).astype(np.float64)
 
 
@@ -236,7 +239,7 @@ def load_featuriser(meta: dict[str, Any], directory: str | Path) -> Featuriser:
             raise ValueError(f"{pool['path']}: not the pool the judge in {directory} was fit with (sha256 differs)")
         refs = build_pool_references(pool["path"], pool["n"], pool["seed"], encoder)
         atomic_write(cache, lambda tmp: save_file({"unsafe": refs.unsafe, "safe": refs.safe}, str(tmp)))
-    return Featuriser(refs, encoder, probe)
+    return Featuriser(refs, encoder, probe, embedding=len(meta["features"]) > len(FEATURES))
 
 
 def stacked_fingerprint(directory: str | Path) -> dict[str, Any]:
