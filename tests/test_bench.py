@@ -424,3 +424,18 @@ def test_a_grid_runs_as_submitit_jobs_with_the_inline_resume_rules(tiny_model_di
     path.write_text(yaml.safe_dump({"name": "x", "output_dir": str(tmp_path / "x")}))
     assert main(["bench", str(path), "--launcher-option", "timeout_min=5"]) == 2
     assert "--launcher-option needs --launcher local or slurm" in capsys.readouterr().err
+
+
+def test_the_primary_judge_of_a_report_is_a_report_setting():
+    from spard.bench.config import TargetsConfig
+    from spard.bench.report import markdown
+    from spard.bench.tables import judges_in
+
+    rows = [{"label": label, "attack": "a", "harmful_ratio": 0.1, "seed": 0, "asr_mean[probe]": asr,
+             "asr_mean[stacked]": asr / 2, "updates": 10} for label, asr in (("sft", 0.8), ("spard", 0.1))]
+    assert judges_in(rows) == ["probe", "stacked"]  # evaluation order
+    assert judges_in(rows, "stacked") == ["stacked", "probe"] and judges_in(rows, "llm") == ["probe", "stacked"]
+    page = markdown(rows, "t", policy=TargetsConfig(judge="stacked"))
+    assert page.index("## Targets (judge `stacked`") < page.index("## Targets (judge `probe`")
+    page = markdown(rows, "t")
+    assert page.index("## Targets (judge `probe`") < page.index("## Targets (judge `stacked`")

@@ -114,6 +114,9 @@ def test_agreement_cli_scores_keyword_rule_against_labels(tmp_path, monkeypatch,
     assert kw["measures"] == "refusal" and kw["harm"]["n"] == len(rows) == 24
     assert kw["harm"]["accuracy"]["rate"] == 1.0 and kw["refusal"]["accuracy"]["rate"] == 1.0
     assert kw["harm"]["kappa"]["value"] == pytest.approx(1.0)
+    folders = kw["harm_by_folder"]  # per run's generations (and the alignment check)
+    assert set(folders) == {"runs/a/eval/generations", "runs/b/eval/generations", "align/check_after"}
+    assert sum(f["n"] for f in folders.values()) == 24 and all(f["accuracy"]["rate"] == 1.0 for f in folders.values())
     out = capsys.readouterr().out
     assert "kappa" in out and "answer" not in out  # counts only, never response text
     from spard.bench.tables import judge_quality_table

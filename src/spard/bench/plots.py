@@ -21,7 +21,8 @@ def label_colors(labels: Sequence[str]) -> dict[str, tuple[float, float, float, 
     return {label: palette(i % palette.N) for i, label in enumerate(labels)}
 
 
-def plot_results(out: Path, rows: Sequence[dict[str, Any]], starts: Sequence[dict[str, Any]] = ()) -> list[Path]:
+def plot_results(out: Path, rows: Sequence[dict[str, Any]], starts: Sequence[dict[str, Any]] = (),
+                 primary: str | None = None) -> list[Path]:
     """ASR vs task metric (start models as black stars), ASR per attack per defense, and SPAG's safe loss over training."""
     import matplotlib
 
@@ -29,7 +30,7 @@ def plot_results(out: Path, rows: Sequence[dict[str, Any]], starts: Sequence[dic
     import matplotlib.pyplot as plt
 
     written: list[Path] = []
-    judges = judges_in(rows)
+    judges = judges_in(rows, primary)
     if not rows or not judges:
         return written
     judge = judges[0]

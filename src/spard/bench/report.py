@@ -118,7 +118,7 @@ def markdown(rows: Sequence[dict[str, Any]], title: str, starts: Sequence[dict[s
     rows, ``changes`` the config overrides of each labelled variant, ``judge_quality`` the lines of
     :func:`judge_quality_table`, ``inference`` those of :func:`spard.bench.inference.inference_section`
     (intervals and paired tests, where the runs stored per-prompt outcomes)."""
-    judges = judges_in(rows)
+    judges = judges_in(rows, (policy or TargetsConfig()).judge)
     lines = [f"# {title}", ""]
     if not rows:
         return "\n".join(lines + ["No finished runs yet.", ""])
@@ -130,7 +130,7 @@ def markdown(rows: Sequence[dict[str, Any]], title: str, starts: Sequence[dict[s
     lines += list(inference)
     for judge in judges:
         lines += targets(rows, judge, policy)
-    for judge in judges_in(starts):
+    for judge in judges_in(starts, (policy or TargetsConfig()).judge):
         lines += start_table(starts, judge)
     lines += over_refusal_table(rows, starts)
     for judge in judges:
@@ -197,10 +197,10 @@ def write_results(out: Path, rows: Sequence[dict[str, Any]], cfg: Any, starts: S
                    else [f"Judge quality report `{path}` not found: run `spard judge agreement --output {path}`.", ""])
     from spard.bench.inference import inference_section
 
-    judges = judges_in(rows)
+    judges = judges_in(rows, policy.judge)
     inference = inference_section(rows, out / "runs", judges[0], policy, plot_dir=out) if judges else []
     atomic_write_text(out / "results.md", markdown(rows, f"Benchmark `{cfg.name}`", starts, changes, quality, policy,
                                                    inference))
     from spard.bench.plots import plot_results
 
-    plot_results(out, rows, starts)
+    plot_results(out, rows, starts, primary=policy.judge)

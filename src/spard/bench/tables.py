@@ -26,13 +26,14 @@ def judge_note(judge: str) -> str:
     return f"judge `{judge}`" + (" = non-refusal rate, not a harm judgement" if judge.split(":")[0] == "keyword" else "")
 
 
-def judges_in(rows: Sequence[dict[str, Any]]) -> list[str]:
+def judges_in(rows: Sequence[dict[str, Any]], primary: str | None = None) -> list[str]:
+    """The judges the rows report an ASR for, in evaluation order, ``primary`` first when it is one of them."""
     found: list[str] = []
     for row in rows:
         for key in row:
             if key.startswith("asr_mean[") and key[9:-1] not in found:
                 found.append(key[9:-1])
-    return found
+    return sorted(found, key=lambda j: j != primary) if primary in found else found
 
 
 def families_in(rows: Sequence[dict[str, Any]]) -> list[str]:

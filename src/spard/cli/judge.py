@@ -189,17 +189,23 @@ def _fit_stacked_judge(args: argparse.Namespace) -> int:
         raise ValueError(f"{', '.join(args.dev_labels)}: no dev labels match a response on disk")
     encoder = make_encoder(args.encoder)
     pool = {"path": str(args.data[0]), "sha256": file_sha256(Path(args.data[0])), "n": args.pool_sample, "seed": args.seed}
-    probe = None
+    probe, probe_meta = None, {}
     if args.probe:
+        import shutil
+
         from spard.evaluation.judges.probe import Probe
 
-        probe = Probe.load(args.probe)
+        probe = Probe.load(args.probe)  # a copy lives in the judge's folder (rebuilt from the pool when missing)
+        shutil.rmtree(Path(args.output) / "probe", ignore_errors=True)
+        shutil.copytree(args.probe, Path(args.output) / "probe")
+        probe_meta = {"probe": "probe", "probe_features": probe.features,
+                      "probe_sha256": file_sha256(Path(args.output) / "probe" / "probe.safetensors")}
     featurise = Featuriser(build_pool_references(pool["path"], pool["n"], pool["seed"], encoder), encoder, probe,
                            embedding=not args.no_embedding)
     x = featurise([it.prompt for _, it in dev], [it.response for _, it in dev])
     model, _ = fit_stacked(x, [int(lab.harmful) for lab, _ in dev], seed=args.seed)
     labels = [{"path": str(p), "sha256": file_sha256(Path(p))} for p in args.dev_labels]
-    save_stacked(model, args.output, {"encoder": args.encoder, "probe": args.probe, "pool": pool,
+    save_stacked(model, args.output, {"encoder": args.encoder, **probe_meta, "pool": pool,
                                       "dev_labels": labels, "split": "dev"})
     weights = ", ".join(f"{n} {w:+.2f}" for n, w in zip(FEATURES, model.coef, strict=False))
     weights += f" and {len(model.coef) - len(FEATURES)} embedding weights"

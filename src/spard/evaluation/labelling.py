@@ -313,6 +313,14 @@ def judge_agreement(judge: Judge, pairs: Sequence[tuple[Label, ResponseItem]], *
     if harmful_prompts and len(harmful_prompts) < len(kept):
         out["harm_on_harmful_prompts"] = agreement_stats([bool(v.harmful) for _, v in harmful_prompts],
                                                          [lab.harmful for lab, _ in harmful_prompts], seed=seed)
+    # per folder of responses files (a run's generations): does the judge hold on every run it is used on?
+    by_folder: dict[str, list[tuple[Label, Any]]] = defaultdict(list)
+    for (lab, it), v in zip(pairs, verdicts, strict=True):
+        if v.harmful is not None:
+            by_folder[str(Path(it.source).parent)].append((lab, v))
+    if len(by_folder) > 1:
+        out["harm_by_folder"] = {name: agreement_stats([bool(v.harmful) for _, v in rows], [lab.harmful for lab, _ in rows],
+                                                       seed=seed) for name, rows in sorted(by_folder.items())}
     if judge.measures == "refusal":
         out["refusal"] = agreement_stats([not v.harmful for _, v in kept], [lab.refused for lab, _ in kept], seed=seed)
     return out

@@ -22,9 +22,11 @@ logistic regression over seven standardised features and the response's sentence
 ``P(harmful) = sigmoid(w . z(x) + b)``; harmful iff ``P >= threshold``. ``w``, ``b`` and the inverse
 regularisation ``C`` come from human labels of real outputs (a dev split only): ``C`` and the
 threshold by stratified cross-validation on dev (out-of-fold kappa), then the model is refit on all of
-dev. Saved as ``stacked.json`` (weights, scaling, threshold, provenance: a few hundred bytes, no
-pickle); the pool sample's embeddings are rebuilt from the recorded pool file (its sha256 is checked)
-and cached in ``pool_refs.safetensors``.
+dev. Saved as ``stacked.json`` (weights, scaling, threshold, provenance; JSON, no pickle). What it
+derives from the safety pool is rebuilt from the recorded pool file (its sha256 is checked) when
+missing, so only ``stacked.json`` needs committing: the pool sample's embeddings
+(``pool_refs.safetensors``) and the TF-IDF probe (``probe/``, refit as ``spard bench``'s probe stage
+fits it, and checked against the recorded weights' sha256).
 """
 
 from __future__ import annotations
@@ -221,25 +223,44 @@ def load_featuriser(meta: dict[str, Any], directory: str | Path) -> Featuriser:
     from spard.selection.safe_set import make_encoder
 
     encoder = make_encoder(meta["encoder"])
+    directory = Path(directory)
+    pool = meta["pool"]
+
+    def check_pool(what: str) -> None:
+        if not Path(pool["path"]).is_file():
+            raise FileNotFoundError(f"{directory}: the judge's pool {pool['path']} is not here (needed once, to rebuild {what})")
+        if file_sha256(Path(pool["path"])) != pool["sha256"]:
+            raise ValueError(f"{pool['path']}: not the pool the judge in {directory} was fit with (sha256 differs)")
+
     probe = None
     if meta.get("probe"):
         from spard.evaluation.judges.probe import Probe
 
-        probe = Probe.load(meta["probe"])
-    cache = Path(directory) / "pool_refs.safetensors"
-    pool = meta["pool"]
+        probe_dir = directory / meta["probe"]
+        if not Probe.is_saved(probe_dir):
+            check_pool("its probe")
+            refit_probe(pool["path"], meta.get("probe_features", "tfidf"), probe_dir)
+        if file_sha256(probe_dir / "probe.safetensors") != meta["probe_sha256"]:
+            raise ValueError(f"{probe_dir}: not the probe the judge was fit with (weights sha256 differs)")
+        probe = Probe.load(probe_dir)
+    cache = directory / "pool_refs.safetensors"
     if cache.is_file():
         arrays = load_file(str(cache))
         refs = PoolReferences(arrays["unsafe"], arrays["safe"])
     else:
-        if not Path(pool["path"]).is_file():
-            raise FileNotFoundError(f"{directory}: the judge's pool {pool['path']} is not here (needed once, "
-                                    "to rebuild pool_refs.safetensors)")
-        if file_sha256(Path(pool["path"])) != pool["sha256"]:
-            raise ValueError(f"{pool['path']}: not the pool the judge in {directory} was fit with (sha256 differs)")
+        check_pool("pool_refs.safetensors")
         refs = build_pool_references(pool["path"], pool["n"], pool["seed"], encoder)
         atomic_write(cache, lambda tmp: save_file({"unsafe": refs.unsafe, "safe": refs.safe}, str(tmp)))
     return Featuriser(refs, encoder, probe, embedding=len(meta["features"]) > len(FEATURES))
+
+
+def refit_probe(pool: str | Path, features: str, directory: str | Path) -> None:
+    """The TF-IDF probe on the pool's safe / unsafe responses, fit exactly as ``spard bench``'s probe stage does."""
+    from spard.evaluation.judge_quality import responses_and_labels
+    from spard.evaluation.judges.probe import fit_probe
+
+    texts, labels = responses_and_labels([pool])
+    fit_probe(texts, labels, features=features).save(directory)
 
 
 def stacked_fingerprint(directory: str | Path) -> dict[str, Any]:
@@ -250,12 +271,7 @@ def stacked_fingerprint(directory: str | Path) -> dict[str, Any]:
     if not path.is_file():
         return {"judge": "stacked", "weights_sha256": None}
     meta = json.loads(path.read_text())
-    out: dict[str, Any] = {"judge": "stacked", "weights_sha256": file_sha256(path)}
-    if meta.get("probe"):
-        from spard.evaluation.judges.probe import probe_fingerprint
-
-        out["probe"] = probe_fingerprint(meta["probe"])
-    return out
+    return {"judge": "stacked", "weights_sha256": file_sha256(path), "probe_sha256": meta.get("probe_sha256")}
 
 
 class StackedJudge(Judge):
