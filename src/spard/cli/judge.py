@@ -6,6 +6,7 @@ Just over 300 lines: the five judge commands share their flags and stay together
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -191,20 +192,19 @@ def _fit_stacked_judge(args: argparse.Namespace) -> int:
     pool = {"path": str(args.data[0]), "sha256": file_sha256(Path(args.data[0])), "n": args.pool_sample, "seed": args.seed}
     probe, probe_meta = None, {}
     if args.probe:
-        import shutil
-
         from spard.evaluation.judges.probe import Probe
 
         probe = Probe.load(args.probe)  # a copy lives in the judge's folder (rebuilt from the pool when missing)
-        shutil.rmtree(Path(args.output) / "probe", ignore_errors=True)
-        shutil.copytree(args.probe, Path(args.output) / "probe")
         probe_meta = {"probe": "probe", "probe_features": probe.features,
-                      "probe_sha256": file_sha256(Path(args.output) / "probe" / "probe.safetensors")}
+                      "probe_sha256": file_sha256(Path(args.probe) / "probe.safetensors")}
     featurise = Featuriser(build_pool_references(pool["path"], pool["n"], pool["seed"], encoder), encoder, probe,
                            embedding=not args.no_embedding)
     x = featurise([it.prompt for _, it in dev], [it.response for _, it in dev])
     model, _ = fit_stacked(x, [int(lab.harmful) for lab, _ in dev], seed=args.seed)
     labels = [{"path": str(p), "sha256": file_sha256(Path(p))} for p in args.dev_labels]
+    if args.probe:  # written only once the fit has succeeded; stacked.json (written last) marks a complete judge
+        shutil.rmtree(Path(args.output) / "probe", ignore_errors=True)
+        shutil.copytree(args.probe, Path(args.output) / "probe")
     save_stacked(model, args.output, {"encoder": args.encoder, **probe_meta, "pool": pool,
                                       "dev_labels": labels, "split": "dev"})
     weights = ", ".join(f"{n} {w:+.2f}" for n, w in zip(FEATURES, model.coef, strict=False))
