@@ -114,16 +114,22 @@ def test_bench_runs_resumes_and_redoes_partial_runs(tiny_model_dir, toy_data, tm
     run_bench(cfg, progress=False)
     assert calls == {"train": 2, "eval": 3}
     assert all(json.loads((d / "run.json").read_text())["key"] for d in run_dirs)
+    # a fresh clone whose evaluation settings changed: the training's files are committed, its model is not,
+    # so the run is trained again (not evaluated from a model that is not there)
+    shutil.rmtree(run_dirs[0] / "model")
+    (run_dirs[0] / "eval" / "metrics.json").unlink()
+    run_bench(cfg, progress=False)
+    assert calls == {"train": 3, "eval": 4} and any((run_dirs[0] / "model").glob("*.safetensors"))
 
     # the whole grid: a dry run lists what is left and writes nothing; --report-only rewrites the tables
     full = bench_config(tiny_model_dir, toy_data, out)
     (out / "results.md").unlink()
     listed = run_bench(full, progress=False, dry_run=True)
     assert [r.get("status") for r in listed].count("to do") == 3 and len(listed) == 6
-    assert not (out / "results.md").exists() and calls == {"train": 2, "eval": 3}
+    assert not (out / "results.md").exists() and calls == {"train": 3, "eval": 4}
     reported = run_bench(full, progress=False, report_only=True)
     assert len(reported) == 3 and "to do" not in (out / "results.md").read_text()
-    assert "| spard-closed | toy |" in (out / "results.md").read_text() and calls == {"train": 2, "eval": 3}
+    assert "| spard-closed | toy |" in (out / "results.md").read_text() and calls == {"train": 3, "eval": 4}
 
 
 def test_dry_run_lists_what_is_left(tiny_model_dir, toy_data, tmp_path):

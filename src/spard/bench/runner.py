@@ -137,6 +137,11 @@ def is_finished(run_dir: Path, run: RunSpec, ev_key: str) -> bool:
     return is_trained(run_dir, run) and is_evaluated(run_dir / "eval", ev_key)
 
 
+def has_model(run_dir: Path) -> bool:
+    """Whether the run's trained weights are on disk (a fresh clone has a run's files but not its model)."""
+    return any((run_dir / "model").glob("*.safetensors"))
+
+
 def find_same_training(run: RunSpec, train_cfg: Any, runs_dir: Path) -> Path | None:
     """A finished run (with its model on disk) whose training is the same as ``run``'s, or None.
 
@@ -151,8 +156,7 @@ def find_same_training(run: RunSpec, train_cfg: Any, runs_dir: Path) -> Path | N
     for meta_path in sorted(runs_dir.glob("*/run.json")):
         meta = _read_json(meta_path)
         d = meta_path.parent
-        if (meta and meta.get("key") == key and not meta.get("pending") and _read_json(d / "metrics.json")
-                and any((d / "model").glob("*.safetensors"))):
+        if meta and meta.get("key") == key and not meta.get("pending") and _read_json(d / "metrics.json") and has_model(d):
             return d
     return None
 
@@ -177,9 +181,10 @@ def execute_run(run: RunSpec, run_dir: Path, cfg: BenchConfig, progress: bool) -
     from spard.training.config import TrainConfig
     from spard.training.run import reuse_training, run_training
 
-    if not is_trained(run_dir, run):
+    if not is_trained(run_dir, run) or not has_model(run_dir):
         if run_dir.exists():
-            logger.info("%s: partial or stale run, training again", run_dir.name)
+            logger.info("%s: %s, training again", run_dir.name, "partial or stale run" if not is_trained(run_dir, run)
+                        else "its model is not on disk (a fresh clone) and its evaluation is to be made again")
             remove_tree(run_dir, Path(cfg.output_dir))
         run_dir.mkdir(parents=True)
         atomic_write_json(run_dir / "run.json", {"key": run.key, "pending": True, **_cell(run)})
