@@ -259,10 +259,13 @@ def test_align_stage_fingerprints_the_aligned_model_and_rechecks_only_when_a_red
     runner.run_align_stage(cfg, tmp_path, False)  # model still there, same settings: nothing is redone
     assert len(calls) == 1
 
+    report = json.loads(report_path.read_text())
+    report_path.write_text(json.dumps({**report, "seeded_from": "elsewhere"}))  # provenance added by hand
     shutil.rmtree(tmp_path / "align" / "model")  # a fresh clone: the report is committed, the model is not
     runner.run_align_stage(cfg, tmp_path, False)
     report = json.loads(report_path.read_text())
     assert calls[-1].check_harmful == [] and report["model_sha256"] == first and report["after"] == {"refusal": 0.9}
+    assert report["seeded_from"] == "elsewhere"  # kept when the model is made again
 
     shutil.rmtree(tmp_path / "align" / "model")
     with caplog.at_level("WARNING", logger="spard.bench.runner"):

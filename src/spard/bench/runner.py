@@ -92,6 +92,8 @@ def run_align_stage(cfg: BenchConfig, out: Path, progress: bool) -> tuple[str | 
     logger.info("alignment stage: training %s%s", align_cfg.model.name,
                 " again (the report is here, the model is not)" if earlier else "")
     report = run_alignment(dataclasses.replace(align_cfg, check_harmful=[], check_benign=None) if earlier else align_cfg)
+    if earlier:  # provenance the earlier report carried (where it was seeded from) stays
+        report = {**{k: v for k, v in earlier.items() if k not in report}, **report}
     report["config_key"] = key
     if earlier and earlier.get("model_sha256") == report["model_sha256"]:
         logger.info("the re-aligned model is identical to the earlier one (sha256 %s); its refusal checks stand",
