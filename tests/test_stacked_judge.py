@@ -11,12 +11,12 @@ import pytest
 
 from spard.cli import main
 from spard.evaluation.judges import judge_fingerprint, make_judge
+from spard.evaluation.judges.harm import stratified_folds
 from spard.evaluation.judges.stacked import (
     FEATURES,
     fit_stacked,
     load_stacked,
     save_stacked,
-    stratified_folds,
     text_features,
 )
 

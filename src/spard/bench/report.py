@@ -118,7 +118,8 @@ def markdown(rows: Sequence[dict[str, Any]], title: str, starts: Sequence[dict[s
     rows, ``changes`` the config overrides of each labelled variant, ``judge_quality`` the lines of
     :func:`judge_quality_table`, ``inference`` those of :func:`spard.bench.inference.inference_section`
     (intervals and paired tests, where the runs stored per-prompt outcomes)."""
-    judges = judges_in(rows, (policy or TargetsConfig()).judge)
+    primary = (policy or TargetsConfig()).judge
+    judges = judges_in(rows, primary)
     lines = [f"# {title}", ""]
     if not rows:
         return "\n".join(lines + ["No finished runs yet.", ""])
@@ -130,7 +131,7 @@ def markdown(rows: Sequence[dict[str, Any]], title: str, starts: Sequence[dict[s
     lines += list(inference)
     for judge in judges:
         lines += targets(rows, judge, policy)
-    for judge in judges_in(starts, (policy or TargetsConfig()).judge):
+    for judge in judges_in(starts, primary):
         lines += start_table(starts, judge)
     lines += over_refusal_table(rows, starts)
     for judge in judges:

@@ -183,9 +183,10 @@ def execute_run(run: RunSpec, run_dir: Path, cfg: BenchConfig, progress: bool) -
     from spard.training.config import TrainConfig
     from spard.training.run import reuse_training, run_training
 
-    if not is_trained(run_dir, run) or not has_model(run_dir):
+    trained = is_trained(run_dir, run)
+    if not trained or not has_model(run_dir):
         if run_dir.exists():
-            logger.info("%s: %s, training again", run_dir.name, "partial or stale run" if not is_trained(run_dir, run)
+            logger.info("%s: %s, training again", run_dir.name, "partial or stale run" if not trained
                         else "its model is not on disk (a fresh clone) and its evaluation is to be made again")
             remove_tree(run_dir, Path(cfg.output_dir))
         run_dir.mkdir(parents=True)

@@ -182,10 +182,7 @@ def _fit_stacked_judge(args: argparse.Namespace) -> int:
         raise ValueError("--kind stacked needs --dev-labels: human labels of model outputs (their dev split is used)")
     if len(args.data) != 1:
         raise ValueError("--kind stacked takes one --data file: the safety pool whose unsafe and safe responses it compares with")
-    dev = []
-    for path in args.dev_labels:
-        found, _ = labelled_responses([lab for lab in load_labels(path) if lab.split == "dev"])
-        dev += found
+    dev, _ = labelled_responses([lab for path in args.dev_labels for lab in load_labels(path) if lab.split == "dev"])
     if not dev:
         raise ValueError(f"{', '.join(args.dev_labels)}: no dev labels match a response on disk")
     encoder = make_encoder(args.encoder)

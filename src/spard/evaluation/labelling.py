@@ -306,21 +306,21 @@ def judge_agreement(judge: Judge, pairs: Sequence[tuple[Label, ResponseItem]], *
                            # per labelled item, in order: whether the verdict matches the harm label (None: failed)
                            "correct": [None if v.harmful is None else bool(v.harmful) == lab.harmful
                                        for (lab, _), v in zip(pairs, verdicts, strict=True)]}
-    out["harm"] = agreement_stats([bool(v.harmful) for _, v in kept], [lab.harmful for lab, _ in kept], seed=seed)
-    # what an ASR rests on: the responses to harmful prompts only
-    harmful_prompts = [(lab, v) for (lab, it), v in zip(pairs, verdicts, strict=True)
-                       if v.harmful is not None and not any(fnmatch(it.set, pat) for pat in BENIGN_SETS)]
+    def harm_stats(rows: Sequence[tuple[Label, Any]]) -> dict[str, Any]:
+        return agreement_stats([bool(v.harmful) for _, v in rows], [lab.harmful for lab, _ in rows], seed=seed)
+
+    out["harm"] = harm_stats(kept)
+    # what an ASR rests on: the responses to harmful prompts only; and per folder of responses files (a run's
+    # generations): does the judge hold on every run it is used on?
+    scored = [(lab, it, v) for (lab, it), v in zip(pairs, verdicts, strict=True) if v.harmful is not None]
+    harmful_prompts = [(lab, v) for lab, it, v in scored if not any(fnmatch(it.set, pat) for pat in BENIGN_SETS)]
     if harmful_prompts and len(harmful_prompts) < len(kept):
-        out["harm_on_harmful_prompts"] = agreement_stats([bool(v.harmful) for _, v in harmful_prompts],
-                                                         [lab.harmful for lab, _ in harmful_prompts], seed=seed)
-    # per folder of responses files (a run's generations): does the judge hold on every run it is used on?
+        out["harm_on_harmful_prompts"] = harm_stats(harmful_prompts)
     by_folder: dict[str, list[tuple[Label, Any]]] = defaultdict(list)
-    for (lab, it), v in zip(pairs, verdicts, strict=True):
-        if v.harmful is not None:
-            by_folder[str(Path(it.source).parent)].append((lab, v))
+    for lab, it, v in scored:
+        by_folder[str(Path(it.source).parent)].append((lab, v))
     if len(by_folder) > 1:
-        out["harm_by_folder"] = {name: agreement_stats([bool(v.harmful) for _, v in rows], [lab.harmful for lab, _ in rows],
-                                                       seed=seed) for name, rows in sorted(by_folder.items())}
+        out["harm_by_folder"] = {name: harm_stats(rows) for name, rows in sorted(by_folder.items())}
     if judge.measures == "refusal":
         out["refusal"] = agreement_stats([not v.harmful for _, v in kept], [lab.refused for lab, _ in kept], seed=seed)
     return out

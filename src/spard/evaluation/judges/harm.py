@@ -268,15 +268,7 @@ def cross_fit_threshold(load_base: Callable[[], HarmClassifier], labelled: Seque
     fresh base judge (``load_base()``) is adapted on the other folds and predicts this one; the
     threshold maximises kappa on these out-of-fold probabilities (:func:`tune_threshold`), which are
     returned too (their agreement is the honest estimate on this split)."""
-    rng = random.Random(seed)
-    by_label: dict[int, list[int]] = {0: [], 1: []}
-    for i, row in enumerate(labelled):
-        by_label[int(row[2])].append(i)
-    fold_of = [0] * len(labelled)
-    for idx in by_label.values():
-        rng.shuffle(idx)
-        for j, i in enumerate(idx):
-            fold_of[i] = j % folds
+    fold_of = stratified_folds([int(row[2]) for row in labelled], folds, seed)
     oof = np.zeros(len(labelled))
     for f in range(folds):
         train = [row for i, row in enumerate(labelled) if fold_of[i] != f]
@@ -284,6 +276,18 @@ def cross_fit_threshold(load_base: Callable[[], HarmClassifier], labelled: Seque
         clf = adapt_harm_classifier(load_base(), train, seed=seed, replay=replay, **adapt)
         oof[test] = clf.predict_proba([labelled[i][0] for i in test], [labelled[i][1] for i in test])
     return tune_threshold(oof.tolist(), [bool(r[2]) for r in labelled]), oof
+
+
+def stratified_folds(y: Sequence[int], folds: int, seed: int) -> np.ndarray:
+    """A fold number per row, each label spread evenly over the folds (seeded)."""
+    rng = random.Random(seed)
+    fold = np.zeros(len(y), dtype=int)
+    for label in sorted(set(int(v) for v in y)):
+        idx = [i for i, v in enumerate(y) if int(v) == label]
+        rng.shuffle(idx)
+        for j, i in enumerate(idx):
+            fold[i] = j % folds
+    return fold
 
 
 def tune_threshold(probs: Sequence[float], labels: Sequence[bool]) -> float:

@@ -153,23 +153,11 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, C: float, seed: int = 0) -> Stack
     return StackedModel(mean, scale, lr.coef_[0].astype(np.float64), float(lr.intercept_[0]))
 
 
-def stratified_folds(y: Sequence[int], folds: int, seed: int) -> np.ndarray:
-    """A fold number per row, each label spread evenly over the folds (seeded)."""
-    rng = random.Random(seed)
-    fold = np.zeros(len(y), dtype=int)
-    for label in sorted(set(int(v) for v in y)):
-        idx = [i for i, v in enumerate(y) if int(v) == label]
-        rng.shuffle(idx)
-        for j, i in enumerate(idx):
-            fold[i] = j % folds
-    return fold
-
-
 def fit_stacked(x: np.ndarray, y: Sequence[int], *, folds: int = 5, seed: int = 0,
                 c_grid: Sequence[float] = C_GRID) -> tuple[StackedModel, np.ndarray]:
     """Choose ``C`` and the threshold by ``folds``-fold cross-validation on ``(x, y)`` (out-of-fold kappa),
     then refit on all rows. Returns the model and the chosen ``C``'s out-of-fold probabilities."""
-    from spard.evaluation.judges.harm import tune_threshold
+    from spard.evaluation.judges.harm import stratified_folds, tune_threshold
     from spard.evaluation.stats import cohen_kappa
 
     y = np.asarray(y, dtype=int)
