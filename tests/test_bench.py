@@ -448,3 +448,64 @@ def test_the_primary_judge_of_a_report_is_a_report_setting():
     assert page.index("## Targets (judge `stacked`") < page.index("## Targets (judge `probe`")
     page = markdown(rows, "t")
     assert page.index("## Targets (judge `probe`") < page.index("## Targets (judge `stacked`")
+
+
+def test_a_config_extends_another_merging_sections_and_replacing_lists(tmp_path):
+    from spard.config import load_yaml
+
+    (tmp_path / "base.yaml").write_text(
+        "name: base\nalign: {n_refusals: 150}\n"
+        "train: {training: {learning_rate: 2.0e-4, max_steps: 100}, lora: {r: 16}}\n"
+        "grids:\n  - {attacks: [a, b], defenses: [sft]}\n")
+    (tmp_path / "child.yaml").write_text(
+        "extends: base.yaml\nname: child\nalign: null\ntrain: {training: {max_steps: 7}}\n"
+        "grids:\n  - {attacks: [c], defenses: [spard]}\n")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "grandchild.yaml").write_text("extends: ../child.yaml\ntrain: {lora: {r: 4}}\n")
+
+    child = load_yaml(tmp_path / "child.yaml")
+    assert child["name"] == "child" and child["align"] is None and "extends" not in child
+    assert child["train"] == {"training": {"learning_rate": 2.0e-4, "max_steps": 7}, "lora": {"r": 16}}
+    assert child["grids"] == [{"attacks": ["c"], "defenses": ["spard"]}]  # a list is replaced, not appended
+    grandchild = load_yaml(sub / "grandchild.yaml")
+    assert grandchild["train"] == {"training": {"learning_rate": 2.0e-4, "max_steps": 7}, "lora": {"r": 4}}
+    assert grandchild["name"] == "child"
+
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"a.yaml: extends: b.yaml makes a cycle \(.*b.yaml -> .*a.yaml\)"):
+        load_yaml(tmp_path / "b.yaml")
+    (tmp_path / "lost.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"lost.yaml: extends: .*nowhere.yaml: config file not found"):
+        load_yaml(tmp_path / "lost.yaml")
+    (tmp_path / "odd.yaml").write_text("extends: [base.yaml]\n")
+    with pytest.raises(ConfigError, match="odd.yaml: extends: must be the path of another config file"):
+        load_yaml(tmp_path / "odd.yaml")
+
+
+def test_the_second_model_grid_is_the_sst2_grid_but_for_its_start_model():
+    from spard.config import load_yaml
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    sst2, qwen = load_yaml(configs / "replication-sst2.yaml"), load_yaml(configs / "replication-sst2-qwen.yaml")
+    differ = {k for k in sst2.keys() | qwen.keys() if sst2.get(k) != qwen.get(k)}
+    assert differ == {"name", "output_dir", "align", "grids"}
+    assert qwen["align"] is None
+    assert [g["models"] for g in qwen["grids"]] == [["qwen2.5-coder-0.5b-instruct"]]
+    cfg = runner.load_bench_config(configs / "replication-sst2-qwen.yaml")
+    assert cfg.align is None and cfg.train == sst2["train"]
+
+
+def test_the_agnews_grid_is_the_sst2_grid_on_another_task():
+    from spard.config import load_yaml
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    sst2, agnews = load_yaml(configs / "replication-sst2.yaml"), load_yaml(configs / "replication-agnews.yaml")
+    assert {k for k in sst2.keys() | agnews.keys() if sst2.get(k) != agnews.get(k)} == {
+        "name", "output_dir", "probe", "train", "eval"}
+    assert agnews["align"] == sst2["align"] and agnews["grids"] == sst2["grids"]
+    assert agnews["train"]["data"]["task"].endswith("agnews/train.jsonl")
+    assert agnews["train"]["lora"] == sst2["train"]["lora"] and agnews["train"]["training"] == sst2["train"]["training"]
+    assert agnews["eval"]["task_data"].endswith("agnews/test.jsonl")
+    assert {k for k in sst2["eval"] if sst2["eval"][k] != agnews["eval"][k]} == {"task_data", "judges"}

@@ -173,7 +173,15 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return obj.to_mapping() if hasattr(obj, "to_mapping") else dataclasses.asdict(obj)
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+#: A config file's top-level key naming another config file (relative to this one) it builds on.
+EXTENDS = "extends"
+
+
+def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config as a mapping. With a top-level ``extends: OTHER.yaml`` (a path relative to this file),
+    the mapping is OTHER's with this file's keys merged over it (:func:`merge`: mappings merged key by key,
+    any other value, lists included, replaced; ``null`` clears a section). Chains are followed; a cycle
+    is an error naming the files."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -183,7 +191,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
-    return data
+    if EXTENDS not in data:
+        return data
+    base = data.pop(EXTENDS)
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: {EXTENDS}: must be the path of another config file, got {base!r}")
+    base_path = path.parent / base
+    chain = (*_seen, path.resolve())
+    if base_path.resolve() in chain:
+        raise ConfigError(f"{path}: {EXTENDS}: {base} makes a cycle ({' -> '.join(str(p) for p in chain)})")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: {EXTENDS}: {base_path}: config file not found")
+    return merge(load_yaml(base_path, chain), data)
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

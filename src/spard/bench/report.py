@@ -153,7 +153,7 @@ def markdown(rows: Sequence[dict[str, Any]], title: str, starts: Sequence[dict[s
     if families and judges:
         j = judges[0]
         lines += [f"## Every run (ASR per held-out family, {judge_note(j)})", "",
-                  "| defense | attack | p | seed | " + " | ".join(families) + " | mean | task acc. | answer NLL | over-refusal | s/upd. | wall | fired |",
+                  "| defense | attack | p | seed | " + " | ".join(families) + " | mean | task acc. | answer NLL | task prompts refused | s/upd. | wall | fired |",
                   "|---|---|---|---|" + "---|" * (len(families) + 7)]
         for r in rows:
             cells = [_fmt(r.get(f"asr[{f}][{j}]"), pct=True) for f in families]

@@ -172,7 +172,7 @@ def start_table(starts: Sequence[dict[str, Any]], judge: str) -> list[str]:
         return []
     families = families_in(starts)
     lines = [f"## Start models before fine-tuning ({judge_note(judge)})", "",
-             "| model | " + " | ".join(families) + " | mean ASR | task acc. | answer NLL | over-refusal |",
+             "| model | " + " | ".join(families) + " | mean ASR | task acc. | answer NLL | task prompts refused |",
              "|---|" + "---|" * (len(families) + 4)]
     for r in starts:
         lines.append(f"| {r['model']} | " + " | ".join(_fmt(r.get(f"asr[{f}][{judge}]"), pct=True) for f in families)
