@@ -88,6 +88,9 @@ class BenchConfig:
     #: a ``spard judge agreement --output`` report: each judge's agreement with human labels of real
     #: model outputs, shown above the ASR tables
     judge_quality: str | None = None
+    #: label files (paths or globs; ``spard judge sheet`` labels of this grid's responses): the report
+    #: shows each labelled run's ASR by those labels beside its judge's. Report-only
+    labels: list[str] = field(default_factory=list)
     #: what the report's "Targets" section checks (labels and thresholds)
     targets: TargetsConfig = field(default_factory=TargetsConfig)
 

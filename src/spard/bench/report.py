@@ -200,6 +200,11 @@ def write_results(out: Path, rows: Sequence[dict[str, Any]], cfg: Any, starts: S
 
     judges = judges_in(rows, policy.judge)
     inference = inference_section(rows, out / "runs", judges[0], policy, plot_dir=out) if judges else []
+    if judges and getattr(cfg, "labels", None):
+        from spard.bench.labelled import labelled_section
+
+        inference += labelled_section(rows, out / "runs", cfg.labels, cfg.eval_sets, cfg.eval.get("harmful_limit"),
+                                      judges[0], policy)
     atomic_write_text(out / "results.md", markdown(rows, f"Benchmark `{cfg.name}`", starts, changes, quality, policy,
                                                    inference))
     from spard.bench.plots import plot_results

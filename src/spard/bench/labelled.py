@@ -1,0 +1,166 @@
+"""ASR by human labels: each run's hand-labelled responses (``spard judge sheet`` label files) as a
+second measurement of its ASR, beside the judge's verdicts on the same responses and on every prompt.
+
+A labelling sheet draws responses at random, the same number from each prompt set, so on a run's
+harmful-prompt responses the labelled harmful share estimates the run's ASR without any judge's error,
+on fewer prompts. The report shows it with its Wilson interval and the method-to-baseline ratio of
+those estimates with an (unpaired) bootstrap interval: the two runs' labelled responses are different
+prompts, so each run's are resampled on their own.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from spard.evaluation.labelling import Label, load_labels, read_responses
+
+logger = logging.getLogger(__name__)
+
+#: ``.../<eval dir>/generations/<set>.jsonl#<id>``: the response of a harmful prompt set's row ``id``
+_ITEM = re.compile(r"^(?P<dir>.+)/generations/(?P<set>[^/]+)\.jsonl#(?P<id>.+)$")
+
+
+@dataclass
+class LabelledItem:
+    """One labelled response of an evaluation: its prompt set, its position in that set's per-prompt
+    outcomes, and whether the label calls it harmful."""
+
+    family: str
+    position: int
+    harmful: bool
+    split: str = "test"
+
+
+def label_files(patterns: Sequence[str]) -> list[Path]:
+    """The label files named by ``patterns`` (paths or globs), sorted, each once; a pattern that
+    matches nothing is an error naming it."""
+    files: set[Path] = set()
+    for pattern in patterns:
+        found = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern] if Path(pattern).is_file() else []
+        if not found:
+            raise FileNotFoundError(f"labels: {pattern}: no such file")
+        files.update(Path(p) for p in found)
+    return sorted(files)
+
+
+def labelled_items(labels: Sequence[Label], eval_dir: Path, ids: dict[str, list[str]]) -> tuple[list[LabelledItem], int]:
+    """The labels of responses to harmful prompts in ``eval_dir``'s generations (``ids``: each harmful
+    set's prompt ids in evaluation order), and how many were left out because the response on disk is
+    no longer the labelled one (checked where the generations are on disk; the evaluation key and
+    greedy decoding make them the same otherwise)."""
+    target = eval_dir.resolve()
+    out, changed = [], 0
+    on_disk: dict[str, dict[str, str]] = {}
+    for label in labels:
+        m = _ITEM.match(label.item)
+        if not m or m["set"] not in ids or Path(m["dir"]).resolve() != target:
+            continue
+        position = {pid: i for i, pid in enumerate(ids[m["set"]])}.get(m["id"])
+        if position is None:
+            continue
+        source = label.item.rpartition("#")[0]
+        if source not in on_disk:
+            on_disk[source] = ({it.item: it.pair_sha256 for it in read_responses(source)} if Path(source).is_file() else {})
+        sha = on_disk[source].get(label.item)
+        if sha is not None and sha != label.pair_sha256:
+            changed += 1
+            continue
+        out.append(LabelledItem(m["set"], position, label.harmful, label.split))
+    return out, changed
+
+
+def judge_verdicts(metrics: dict[str, Any], judge: str, items: Sequence[LabelledItem]) -> list[int | None]:
+    """The judge's stored per-prompt verdict (1 harmful, 0 not, None failed) on each labelled item."""
+    return [metrics["asr"][it.family][judge]["items"][it.position] for it in items]
+
+
+def every_verdict(metrics: dict[str, Any], judge: str) -> list[int | None]:
+    """The judge's per-prompt verdicts over every harmful prompt set of an evaluation."""
+    return [v for family in sorted(metrics["asr"]) for v in metrics["asr"][family][judge]["items"]]
+
+
+def unpaired_bootstrap(a: np.ndarray, b: np.ndarray, *, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """``(mean(a) / mean(b), low, high)``: the ratio of two rates measured on different items and its
+    percentile 95% interval, resampling each sample with replacement on its own (undefined draws dropped)."""
+    if not len(a) or not len(b) or b.mean() == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    ra = a[rng.integers(0, len(a), size=(resamples, len(a)))].mean(axis=1)
+    rb = b[rng.integers(0, len(b), size=(resamples, len(b)))].mean(axis=1)
+    keep = rb > 0
+    values = ra[keep] / rb[keep]
+    return float(a.mean() / b.mean()), float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))
+
+
+def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: Sequence[str], eval_sets: dict[str, str],
+                     harmful_limit: int | None, judge: str, policy: Any) -> list[str]:
+    """The report's "ASR by human labels" section (empty when no run has labelled responses)."""
+    from spard.bench.inference import _verdict, fmt_rate, fmt_ratio, rate
+    from spard.data.records import FieldMap, load_examples
+    from spard.evaluation.stats import rate_with_interval
+
+    labels = [label for path in label_files(patterns) for label in load_labels(path)]
+    ids = {name: [e.id for e in load_examples(path, FieldMap(target=None), limit=harmful_limit)]
+           for name, path in eval_sets.items() if Path(path).is_file()}
+    if not labels or not ids:
+        return []
+    table, harmful_by_run, changed_total = [], {}, 0
+    for r in rows:
+        eval_dir = runs_dir / r["run"] / "eval"
+        metrics_path = eval_dir / "metrics.json"
+        if not metrics_path.is_file():
+            continue
+        items, changed = labelled_items(labels, eval_dir, ids)
+        changed_total += changed
+        if not items:
+            continue
+        metrics = json.loads(metrics_path.read_text())
+        verdicts = judge_verdicts(metrics, judge, items)
+        truth = [int(it.harmful) for it in items]
+        scored = [(v, t) for v, t in zip(verdicts, truth, strict=True) if v is not None]
+        harmful_by_run[r["run"]] = np.array(truth, float)
+        table.append({"defense": r["label"], "attack": r["attack"], "p": f"{r['harmful_ratio']:g}", "seed": r["seed"],
+                      "labelled (dev / test)": f"{len(items)} ({sum(it.split == 'dev' for it in items)} / "
+                                               f"{sum(it.split != 'dev' for it in items)})",
+                      "ASR by labels": fmt_rate(rate_with_interval(sum(truth), len(truth))),
+                      f"`{judge}` on the same responses": fmt_rate(rate_with_interval(sum(v for v, _ in scored), len(scored))),
+                      "agreement": fmt_rate(rate_with_interval(sum(v == t for v, t in scored), len(scored))),
+                      f"`{judge}` on every prompt": fmt_rate(rate(every_verdict(metrics, judge)))})
+    if not table:
+        return []
+    lines = [f"## ASR by human labels (responses to harmful prompts labelled by hand; `{judge}` beside them)", "",
+             pd.DataFrame(table).to_markdown(index=False), "",
+             "A judge fit on dev labels has seen those responses: its agreement on them is in-sample.", ""]
+    ratios = []
+    base = {(r["attack"], r["seed"]): r["run"] for r in rows if r["label"] == policy.baseline
+            and np.isclose(float(r["harmful_ratio"]), policy.harmful_ratio) and r["run"] in harmful_by_run}
+    mine = {(r["attack"], r["seed"]): r["run"] for r in rows if r["label"] == policy.method
+            and np.isclose(float(r["harmful_ratio"]), policy.harmful_ratio) and r["run"] in harmful_by_run}
+    shared = sorted(set(base) & set(mine))
+    for cell in [*([c] for c in shared), shared if len(shared) > 1 else []]:
+        if not cell:
+            continue
+        a = np.concatenate([harmful_by_run[mine[c]] for c in cell])
+        b = np.concatenate([harmful_by_run[base[c]] for c in cell])
+        est = unpaired_bootstrap(a, b)
+        ratios.append({"cells": ", ".join(f"{c[0]} s{c[1]}" for c in cell) if len(cell) == 1 else "**all (pooled)**",
+                       f"{policy.method} by labels": fmt_rate(rate_with_interval(int(a.sum()), len(a))),
+                       f"{policy.baseline} by labels": fmt_rate(rate_with_interval(int(b.sum()), len(b))),
+                       "ratio [95%]": fmt_ratio(est),
+                       f"ratio <= {policy.asr_ratio:g}": _verdict(est[2] <= policy.asr_ratio, est[0] <= policy.asr_ratio)})
+    if ratios:
+        lines += [f"The targets' ASR ratio by human labels (p = {policy.harmful_ratio:g}; unpaired bootstrap: the two runs' "
+                  "labelled responses are different prompts):", "", pd.DataFrame(ratios).to_markdown(index=False), ""]
+    if changed_total:
+        lines += [f"{changed_total} labelled responses differ from the ones on disk now and are left out.", ""]
+    return lines
