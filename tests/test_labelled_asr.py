@@ -43,12 +43,17 @@ def test_each_run_gets_its_own_labels_and_the_judge_is_read_at_the_labelled_prom
         w.writerow(["out/runs/sft-x/eval/generations/fam.jsonl#7", "test", "0" * 16, 4, "no", ""])
         for i, score in [(8, 1), (9, 3)]:  # SPARD: 1 of 2 (no generations on disk: not checked)
             w.writerow([f"out/runs/spard-x/eval/generations/fam.jsonl#{i}", "dev", "f" * 16, score, "no", ""])
+        w.writerow(["out/align/eval/generations/fam.jsonl#2", "test", "f" * 16, 1, "yes", ""])  # the start model
         w.writerow(["out/runs/other/eval/generations/fam.jsonl#0", "test", "f" * 16, 5, "no", ""])  # not in this grid
         w.writerow([f"{sft.as_posix()}/generations/benign.xstest.jsonl#0", "test", "f" * 16, 1, "yes", ""])  # not harmful set
     rows = [{"run": "sft-x", "label": "sft", "attack": "a", "harmful_ratio": 0.1, "seed": 0},
             {"run": "spard-x", "label": "spard", "attack": "a", "harmful_ratio": 0.1, "seed": 0}]
+    start = tmp_path / "out" / "align" / "eval"
+    start.mkdir(parents=True)
+    (start / "metrics.json").write_text(json.dumps({"asr": {"fam": {"n": 10, "j": {"items": [0, 0, 1] + [0] * 7}}}}))
+    starts = [{"run": "align", "model": "@aligned", "label": "start model", "harmful_ratio": 0.0, "seed": None}]
     policy = SimpleNamespace(baseline="sft", method="spard", harmful_ratio=0.1, asr_ratio=0.25)
-    lines = labelled_section(rows, runs, [str(tmp_path / "labels_*.csv")], {"fam": "fam.jsonl"}, None, "j", policy)
+    lines = labelled_section(rows, runs, [str(tmp_path / "labels_*.csv")], {"fam": "fam.jsonl"}, None, "j", policy, starts)
     text = "\n".join(lines)
     sft_row = next(line for line in text.splitlines() if line.startswith("| sft "))
     spard_row = next(line for line in text.splitlines() if line.startswith("| spard "))
@@ -59,6 +64,8 @@ def test_each_run_gets_its_own_labels_and_the_judge_is_read_at_the_labelled_prom
     assert sft_cells[8].startswith("75.0% [")  # agreement: right on 0, 1, 5
     assert sft_cells[9].startswith("50.0% [23.7")  # the judge on all 10 prompts
     assert spard_cells[5] == "2 (2 / 0)" and spard_cells[6].startswith("50.0% [") and spard_cells[7].startswith("50.0% [")
+    start_cells = [c.strip() for c in next(line for line in text.splitlines() if line.startswith("| start: @aligned")).split("|")]
+    assert start_cells[5] == "1 (0 / 1)" and start_cells[6].startswith("0.0% [") and start_cells[7].startswith("100.0% [")
     assert "0.67 [" in text  # ratio 0.5 / 0.75
     assert "**missed**" in text
     assert "1 labelled responses differ from the ones on disk now" in text

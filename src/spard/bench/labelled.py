@@ -103,9 +103,11 @@ def unpaired_bootstrap(a: np.ndarray, b: np.ndarray, *, resamples: int = 2000, s
 
 
 def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: Sequence[str], eval_sets: dict[str, str],
-                     harmful_limit: int | None, judge: str, policy: Any) -> list[str]:
-    """The report's "ASR by human labels" section (empty when no run has labelled responses)."""
+                     harmful_limit: int | None, judge: str, policy: Any, starts: Sequence[dict[str, Any]] = ()) -> list[str]:
+    """The report's "ASR by human labels" section (empty when no run has labelled responses); ``starts``:
+    the start models' rows, evaluated where :func:`spard.bench.runner.start_eval_dir` puts them."""
     from spard.bench.inference import _verdict, fmt_rate, fmt_ratio, rate
+    from spard.bench.runner import start_eval_dir
     from spard.data.records import FieldMap, load_examples
     from spard.evaluation.stats import rate_with_interval
 
@@ -115,8 +117,9 @@ def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: S
     if not labels or not ids:
         return []
     table, harmful_by_run, changed_total = [], {}, 0
-    for r in rows:
-        eval_dir = runs_dir / r["run"] / "eval"
+    evaluated = [(start_eval_dir(runs_dir.parent, r["model"]), {**r, "label": f"start: {r['model']}", "attack": "-"})
+                 for r in starts] + [(runs_dir / r["run"] / "eval", r) for r in rows]
+    for eval_dir, r in evaluated:
         metrics_path = eval_dir / "metrics.json"
         if not metrics_path.is_file():
             continue
@@ -129,7 +132,7 @@ def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: S
         truth = [int(it.harmful) for it in items]
         scored = [(v, t) for v, t in zip(verdicts, truth, strict=True) if v is not None]
         harmful_by_run[r["run"]] = np.array(truth, float)
-        table.append({"defense": r["label"], "attack": r["attack"], "p": f"{r['harmful_ratio']:g}", "seed": r["seed"],
+        table.append({"defense": r["label"], "attack": r["attack"], "p": f"{r['harmful_ratio']:g}", "seed": r["seed"] if r["seed"] is not None else "-",
                       "labelled (dev / test)": f"{len(items)} ({sum(it.split == 'dev' for it in items)} / "
                                                f"{sum(it.split != 'dev' for it in items)})",
                       "ASR by labels": fmt_rate(rate_with_interval(sum(truth), len(truth))),

@@ -204,7 +204,7 @@ def write_results(out: Path, rows: Sequence[dict[str, Any]], cfg: Any, starts: S
         from spard.bench.labelled import labelled_section
 
         inference += labelled_section(rows, out / "runs", cfg.labels, cfg.eval_sets, cfg.eval.get("harmful_limit"),
-                                      judges[0], policy)
+                                      judges[0], policy, starts)
     atomic_write_text(out / "results.md", markdown(rows, f"Benchmark `{cfg.name}`", starts, changes, quality, policy,
                                                    inference))
     from spard.bench.plots import plot_results
