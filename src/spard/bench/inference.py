@@ -272,11 +272,14 @@ def lowest_lines(frame: pd.DataFrame, items: dict[str, RunItems], judge: str, po
     is significantly lower than each other such defense (McNemar, paired over shared cells)."""
     p, base = policy.harmful_ratio, policy.baseline
     labels = sorted({r.label for r in frame.itertuples() if r.label == r.defense})
-    eligible = {}
+    eligible, left_out = {}, []
     for label in labels:
         task = compare(items, cells(frame, label, p), cells(frame, base, p), "task")
         harm = compare(items, cells(frame, label, p), cells(frame, base, p), "harm", judge)
-        if harm is None or (task is not None and task.diff[0] < -policy.accuracy_loss):
+        if harm is None:
+            continue
+        if task is not None and task.diff[0] < -policy.accuracy_loss:
+            left_out.append(f"{label} (ASR {fmt_rate(harm.value)}, accuracy {fmt_points(task.diff)} points)")
             continue
         eligible[label] = harm.value
     if len(eligible) < 2:
@@ -290,7 +293,8 @@ def lowest_lines(frame: pd.DataFrame, items: dict[str, RunItems], judge: str, po
                 tests.append(f"{other} {fmt_rate(c.base_value)}, McNemar p {fmt_p(c.p_value)}")
     return [f"- Lowest ASR among the defenses within {100 * policy.accuracy_loss:g} points of {base}'s accuracy "
             f"(pooled over the cells each shares with {base}): **{best}** {fmt_rate(eligible[best])}; against "
-            + "; ".join(tests) + ".", ""]
+            + "; ".join(tests) + "." + (f" Left out, more than {100 * policy.accuracy_loss:g} points below {base} on the "
+                                        "estimate: " + "; ".join(left_out) + "." if left_out else ""), ""]
 
 
 def sweep_frame(frame: pd.DataFrame, items: dict[str, RunItems], judge: str) -> pd.DataFrame:
