@@ -21,6 +21,7 @@ from spard.bench.inference import (
     runs_frame,
     sweep_frame,
     target_lines,
+    task_gain_lines,
     worst_case_frame,
 )
 
@@ -125,3 +126,21 @@ def test_sweep_and_worst_case_count_only_settings_that_kept_the_accuracy():
     assert worst.loc["spard", "at"] == "bt, p = 0.2" and worst.loc["spard", "settings counted"] == 2
     assert worst.loc["sft", "at"] == "bt, p = 0.5"
     assert not math.isnan(np.float64(sweep["asr_low"].min()))
+
+
+def test_the_task_gain_over_the_start_model_is_paired_and_checked_on_its_interval():
+    rows = [{"label": "sft", "defense": "sft", "attack": a, "harmful_ratio": p, "seed": 0, "run": f"sft-{a}", "model": "m"}
+            for a, p in (("none", 0.0), ("a1", 0.1))]
+    start = {"m": RunItems({}, outcomes(50, 100), None)}
+
+    def gain_lines(control_acc: int, attacked_acc: int, min_gain: float = 0.2) -> list[str]:
+        items = {"sft-none": RunItems({}, outcomes(control_acc, 100), None), "sft-a1": RunItems({}, outcomes(attacked_acc, 100), None)}
+        return task_gain_lines(runs_frame(rows), items, start, TargetsConfig(min_task_gain=min_gain))
+
+    control, attacked = gain_lines(90, 65)[:2]
+    assert "p = 0 (benign fine-tuning), 1 run(s): +40.0 [" in control and "**met**" in control
+    assert "p = 0.1, 1 run(s): +15.0 [" in attacked and "**missed**" in attacked  # 15 points: under 20
+    assert "*point only*" in gain_lines(90, 72)[1]  # +22 on the estimate, its interval reaches below 20
+    # a start model with no stored task outcomes: nothing to check
+    assert task_gain_lines(runs_frame(rows), {"sft-none": RunItems({}, None, None), "sft-a1": RunItems({}, None, None)},
+                           start, TargetsConfig()) == []

@@ -138,8 +138,8 @@ def mcnemar(blocks: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
 
 
 def runs_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """The fine-tuning runs as a frame: label, defense, attack, harmful_ratio, seed, run (one row each)."""
-    cols = ["label", "defense", "attack", "harmful_ratio", "seed", "run"]
+    """The fine-tuning runs as a frame: label, defense, attack, harmful_ratio, seed, run, model (one row each)."""
+    cols = ["label", "defense", "attack", "harmful_ratio", "seed", "run", "model"]
     return pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
 
 
@@ -341,14 +341,46 @@ def worst_case_frame(frame: pd.DataFrame, items: dict[str, RunItems], judge: str
     return pd.DataFrame(out)
 
 
+def task_gain_lines(frame: pd.DataFrame, items: dict[str, RunItems], start_items: dict[str, RunItems], policy: Any) -> list[str]:
+    """Does the task move? ``baseline``'s accuracy (generated answers) minus its start model's, paired over
+    the same task items: at the headline harmful ratio and in the p = 0 control (pooled over their runs),
+    met when the interval's lower end reaches ``min_task_gain``."""
+    base = frame[frame["label"] == policy.baseline]
+    lines = []
+    for name, sel in (("p = 0 (benign fine-tuning)", base[base["attack"] == "none"]),
+                      (f"p = {policy.harmful_ratio:g}", base[(base["attack"] != "none")
+                                                           & np.isclose(base["harmful_ratio"].astype(float), policy.harmful_ratio)])):
+        pairs = [(items[r.run].task, start_items[r.model].task) for r in sel.itertuples()
+                 if r.model in start_items and items[r.run].task is not None and start_items[r.model].task is not None]
+        blocks = paired_blocks([a for a, _ in pairs], [b for _, b in pairs]) if pairs else []
+        if not blocks:
+            continue
+        est = paired_bootstrap(blocks, difference)
+        goal = policy.min_task_gain
+        lines.append(f"- {policy.baseline}'s task accuracy gain over the start model, {name}, {len(pairs)} run(s): "
+                     f"{fmt_points(est)} points (paired over the same items; target >= {100 * goal:g}: "
+                     f"{_verdict(est[1] >= goal, est[0] >= goal)}), McNemar p {fmt_p(mcnemar(blocks))}")
+    return [*lines, ""] if lines else []
+
+
 def inference_section(rows: Sequence[dict[str, Any]], runs_dir: Path, judge: str, policy: Any,
-                      plot_dir: Path | None = None) -> list[str]:
-    """The report's section built on per-prompt outcomes (empty when no run has them)."""
+                      plot_dir: Path | None = None, starts: Sequence[dict[str, Any]] = ()) -> list[str]:
+    """The report's section built on per-prompt outcomes (empty when no run has them); ``starts``: the
+    start models' rows, for the task-gain check."""
+    from spard.bench.runner import start_eval_dir
+
     items = load_items(runs_dir, rows)
     if not items:
         return []
     frame = runs_frame([r for r in rows if r["run"] in items])
+    start_items = {}
+    for s in starts:
+        path = start_eval_dir(runs_dir.parent, s["model"]) / "metrics.json"
+        got = run_items(json.loads(path.read_text())) if path.is_file() else None
+        if got is not None:
+            start_items[s["model"]] = got
     lines = target_lines(frame, items, judge, policy)
+    lines += task_gain_lines(frame, items, start_items, policy)
     table = comparison_frame(frame, items, judge, policy.baseline, policy.harmful_ratio)
     if len(table) > 1:
         lines += [f"## Every defense against {policy.baseline} at p = {policy.harmful_ratio:g} (judge `{judge}`; "

@@ -199,7 +199,7 @@ def write_results(out: Path, rows: Sequence[dict[str, Any]], cfg: Any, starts: S
     from spard.bench.inference import inference_section
 
     judges = judges_in(rows, policy.judge)
-    inference = inference_section(rows, out / "runs", judges[0], policy, plot_dir=out) if judges else []
+    inference = inference_section(rows, out / "runs", judges[0], policy, plot_dir=out, starts=starts) if judges else []
     if judges and getattr(cfg, "labels", None):
         from spard.bench.labelled import labelled_section
 
