@@ -65,16 +65,16 @@ def run_items(metrics: dict[str, Any]) -> RunItems | None:
     return RunItems(harm, task.get("correct"), task.get("loglik_correct"))
 
 
+def read_items(eval_dir: Path) -> RunItems | None:
+    """The per-prompt outcomes of the evaluation in ``eval_dir``, or None (not evaluated, or an older run)."""
+    path = eval_dir / "metrics.json"
+    return run_items(json.loads(path.read_text())) if path.is_file() else None
+
+
 def load_items(runs_dir: Path, rows: Sequence[dict[str, Any]]) -> dict[str, RunItems]:
     """``{run name: RunItems}`` for every row whose evaluation stored per-prompt outcomes."""
-    out = {}
-    for r in rows:
-        path = runs_dir / r["run"] / "eval" / "metrics.json"
-        if path.is_file():
-            items = run_items(json.loads(path.read_text()))
-            if items is not None:
-                out[r["run"]] = items
-    return out
+    found = {r["run"]: read_items(runs_dir / r["run"] / "eval") for r in rows}
+    return {run: items for run, items in found.items() if items is not None}
 
 
 def rate(values: Sequence[int | None]) -> dict[str, float | int | None]:
@@ -373,12 +373,8 @@ def inference_section(rows: Sequence[dict[str, Any]], runs_dir: Path, judge: str
     if not items:
         return []
     frame = runs_frame([r for r in rows if r["run"] in items])
-    start_items = {}
-    for s in starts:
-        path = start_eval_dir(runs_dir.parent, s["model"]) / "metrics.json"
-        got = run_items(json.loads(path.read_text())) if path.is_file() else None
-        if got is not None:
-            start_items[s["model"]] = got
+    found = {s["model"]: read_items(start_eval_dir(runs_dir.parent, s["model"])) for s in starts}
+    start_items = {model: got for model, got in found.items() if got is not None}
     lines = target_lines(frame, items, judge, policy)
     lines += task_gain_lines(frame, items, start_items, policy)
     table = comparison_frame(frame, items, judge, policy.baseline, policy.harmful_ratio)

@@ -53,19 +53,27 @@ def label_files(patterns: Sequence[str]) -> list[Path]:
     return sorted(files)
 
 
-def labelled_items(labels: Sequence[Label], eval_dir: Path, ids: dict[str, list[str]]) -> tuple[list[LabelledItem], int]:
-    """The labels of responses to harmful prompts in ``eval_dir``'s generations (``ids``: each harmful
-    set's prompt ids in evaluation order), and how many were left out because the response on disk is
-    no longer the labelled one (checked where the generations are on disk; the evaluation key and
-    greedy decoding make them the same otherwise)."""
-    target = eval_dir.resolve()
-    out, changed = [], 0
-    on_disk: dict[str, dict[str, str]] = {}
+def labels_by_eval_dir(labels: Sequence[Label], harmful_sets: Sequence[str]) -> dict[Path, list[tuple[str, str, Label]]]:
+    """The labels of responses to harmful prompts, parsed once and grouped by the (resolved) evaluation
+    directory whose generations they label: ``{eval dir: [(prompt set, row id, label)]}``."""
+    out: dict[Path, list[tuple[str, str, Label]]] = {}
     for label in labels:
         m = _ITEM.match(label.item)
-        if not m or m["set"] not in ids or Path(m["dir"]).resolve() != target:
-            continue
-        position = {pid: i for i, pid in enumerate(ids[m["set"]])}.get(m["id"])
+        if m and m["set"] in harmful_sets:
+            out.setdefault(Path(m["dir"]).resolve(), []).append((m["set"], m["id"], label))
+    return out
+
+
+def labelled_items(labelled: Sequence[tuple[str, str, Label]], positions: dict[str, dict[str, int]]
+                   ) -> tuple[list[LabelledItem], int]:
+    """One evaluation's labelled responses (from :func:`labels_by_eval_dir`; ``positions``: each harmful
+    set's prompt id -> its place in evaluation order), and how many were left out because the response
+    on disk is no longer the labelled one (checked where the generations are on disk; the evaluation key
+    and greedy decoding make them the same otherwise)."""
+    out, changed = [], 0
+    on_disk: dict[str, dict[str, str]] = {}
+    for family, row_id, label in labelled:
+        position = positions[family].get(row_id)
         if position is None:
             continue
         source = label.item.rpartition("#")[0]
@@ -75,18 +83,13 @@ def labelled_items(labels: Sequence[Label], eval_dir: Path, ids: dict[str, list[
         if sha is not None and sha != label.pair_sha256:
             changed += 1
             continue
-        out.append(LabelledItem(m["set"], position, label.harmful, label.split))
+        out.append(LabelledItem(family, position, label.harmful, label.split))
     return out, changed
 
 
 def judge_verdicts(metrics: dict[str, Any], judge: str, items: Sequence[LabelledItem]) -> list[int | None]:
     """The judge's stored per-prompt verdict (1 harmful, 0 not, None failed) on each labelled item."""
     return [metrics["asr"][it.family][judge]["items"][it.position] for it in items]
-
-
-def every_verdict(metrics: dict[str, Any], judge: str) -> list[int | None]:
-    """The judge's per-prompt verdicts over every harmful prompt set of an evaluation."""
-    return [v for family in sorted(metrics["asr"]) for v in metrics["asr"][family][judge]["items"]]
 
 
 def unpaired_bootstrap(a: np.ndarray, b: np.ndarray, *, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -106,24 +109,24 @@ def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: S
                      harmful_limit: int | None, judge: str, policy: Any, starts: Sequence[dict[str, Any]] = ()) -> list[str]:
     """The report's "ASR by human labels" section (empty when no run has labelled responses); ``starts``:
     the start models' rows, evaluated where :func:`spard.bench.runner.start_eval_dir` puts them."""
-    from spard.bench.inference import _verdict, fmt_rate, fmt_ratio, rate
+    from spard.bench.inference import _verdict, fmt_rate, fmt_ratio, rate, run_items
     from spard.bench.runner import start_eval_dir
     from spard.data.records import FieldMap, load_examples
     from spard.evaluation.stats import rate_with_interval
 
-    labels = [label for path in label_files(patterns) for label in load_labels(path)]
-    ids = {name: [e.id for e in load_examples(path, FieldMap(target=None), limit=harmful_limit)]
-           for name, path in eval_sets.items() if Path(path).is_file()}
-    if not labels or not ids:
+    positions = {name: {e.id: i for i, e in enumerate(load_examples(path, FieldMap(target=None), limit=harmful_limit))}
+                 for name, path in eval_sets.items() if Path(path).is_file()}
+    by_dir = labels_by_eval_dir([label for path in label_files(patterns) for label in load_labels(path)], list(positions))
+    if not by_dir:
         return []
     table, harmful_by_run, changed_total = [], {}, 0
     evaluated = [(start_eval_dir(runs_dir.parent, r["model"]), {**r, "label": f"start: {r['model']}", "attack": "-"})
                  for r in starts] + [(runs_dir / r["run"] / "eval", r) for r in rows]
     for eval_dir, r in evaluated:
         metrics_path = eval_dir / "metrics.json"
-        if not metrics_path.is_file():
+        if not metrics_path.is_file() or eval_dir.resolve() not in by_dir:
             continue
-        items, changed = labelled_items(labels, eval_dir, ids)
+        items, changed = labelled_items(by_dir[eval_dir.resolve()], positions)
         changed_total += changed
         if not items:
             continue
@@ -138,17 +141,18 @@ def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: S
                       "ASR by labels": fmt_rate(rate_with_interval(sum(truth), len(truth))),
                       f"`{judge}` on the same responses": fmt_rate(rate_with_interval(sum(v for v, _ in scored), len(scored))),
                       "agreement": fmt_rate(rate_with_interval(sum(v == t for v, t in scored), len(scored))),
-                      f"`{judge}` on every prompt": fmt_rate(rate(every_verdict(metrics, judge)))})
+                      f"`{judge}` on every prompt": fmt_rate(rate(run_items(metrics).harm[judge]))})
     if not table:
         return []
     lines = [f"## ASR by human labels (responses to harmful prompts labelled by hand; `{judge}` beside them)", "",
              pd.DataFrame(table).to_markdown(index=False), "",
              "A judge fit on dev labels has seen those responses: its agreement on them is in-sample.", ""]
     ratios = []
-    base = {(r["attack"], r["seed"]): r["run"] for r in rows if r["label"] == policy.baseline
-            and np.isclose(float(r["harmful_ratio"]), policy.harmful_ratio) and r["run"] in harmful_by_run}
-    mine = {(r["attack"], r["seed"]): r["run"] for r in rows if r["label"] == policy.method
-            and np.isclose(float(r["harmful_ratio"]), policy.harmful_ratio) and r["run"] in harmful_by_run}
+    def labelled_cells(label: str) -> dict[tuple[str, int], str]:
+        return {(r["attack"], r["seed"]): r["run"] for r in rows if r["label"] == label
+                and np.isclose(float(r["harmful_ratio"]), policy.harmful_ratio) and r["run"] in harmful_by_run}
+
+    base, mine = labelled_cells(policy.baseline), labelled_cells(policy.method)
     shared = sorted(set(base) & set(mine))
     for cell in [*([c] for c in shared), shared if len(shared) > 1 else []]:
         if not cell:
