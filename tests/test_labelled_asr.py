@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from spard.bench.labelled import label_files, labelled_section, unpaired_bootstrap
+from spard.bench.labelled import label_files, labelled_section
 from spard.evaluation.labelling import pair_sha256
+from spard.evaluation.stats import proportion_ratio_interval
 
 PROMPTS = [f"question {i}" for i in range(10)]
 
@@ -72,10 +73,17 @@ def test_each_run_gets_its_own_labels_and_the_judge_is_read_at_the_labelled_prom
 
 
 def test_the_unpaired_ratio_interval_covers_its_estimate_and_is_undefined_without_baseline_harm():
-    a, b = np.array([1, 0, 0, 0] * 10, float), np.array([1, 1, 0, 0] * 10, float)
-    est, low, high = unpaired_bootstrap(a, b)
+    est, low, high = proportion_ratio_interval(10, 40, 20, 40)
     assert est == pytest.approx(0.5) and low < est < high
-    assert np.isnan(unpaired_bootstrap(a, np.zeros(5))[0])
+    narrow = proportion_ratio_interval(1000, 4000, 2000, 4000)
+    assert narrow[2] - narrow[1] < (high - low) / 5 and narrow[1] < 0.5 < narrow[2]
+    assert np.isnan(proportion_ratio_interval(1, 4, 0, 5)[0])
+
+
+def test_no_harmful_response_still_leaves_an_upper_end_above_zero():
+    # 0 of 48 against 22 of 48: a percentile bootstrap says [0, 0]; the Jeffreys interval does not
+    est, low, high = proportion_ratio_interval(0, 48, 22, 48)
+    assert est == 0 and low >= 0 and 0.05 < high < 0.3
 
 
 def test_a_labels_pattern_that_matches_nothing_is_named(tmp_path):

@@ -4,8 +4,9 @@ second measurement of its ASR, beside the judge's verdicts on the same responses
 A labelling sheet draws responses at random, the same number from each prompt set, so on a run's
 harmful-prompt responses the labelled harmful share estimates the run's ASR without any judge's error,
 on fewer prompts. The report shows it with its Wilson interval and the method-to-baseline ratio of
-those estimates with an (unpaired) bootstrap interval: the two runs' labelled responses are different
-prompts, so each run's are resampled on their own.
+those estimates with an interval from each rate's Jeffreys posterior
+(``stats.proportion_ratio_interval``): the two runs' labelled responses are different prompts, so they are not
+paired, and a run with no harmful labelled response still gets an upper end above 0.
 """
 
 from __future__ import annotations
@@ -92,19 +93,6 @@ def judge_verdicts(metrics: dict[str, Any], judge: str, items: Sequence[Labelled
     return [metrics["asr"][it.family][judge]["items"][it.position] for it in items]
 
 
-def unpaired_bootstrap(a: np.ndarray, b: np.ndarray, *, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """``(mean(a) / mean(b), low, high)``: the ratio of two rates measured on different items and its
-    percentile 95% interval, resampling each sample with replacement on its own (undefined draws dropped)."""
-    if not len(a) or not len(b) or b.mean() == 0:
-        return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    ra = a[rng.integers(0, len(a), size=(resamples, len(a)))].mean(axis=1)
-    rb = b[rng.integers(0, len(b), size=(resamples, len(b)))].mean(axis=1)
-    keep = rb > 0
-    values = ra[keep] / rb[keep]
-    return float(a.mean() / b.mean()), float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))
-
-
 def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: Sequence[str], eval_sets: dict[str, str],
                      harmful_limit: int | None, judge: str, policy: Any, starts: Sequence[dict[str, Any]] = ()) -> list[str]:
     """The report's "ASR by human labels" section (empty when no run has labelled responses); ``starts``:
@@ -112,7 +100,7 @@ def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: S
     from spard.bench.inference import _verdict, fmt_rate, fmt_ratio, rate, run_items
     from spard.bench.runner import start_eval_dir
     from spard.data.records import FieldMap, load_examples
-    from spard.evaluation.stats import rate_with_interval
+    from spard.evaluation.stats import proportion_ratio_interval, rate_with_interval
 
     positions = {name: {e.id: i for i, e in enumerate(load_examples(path, FieldMap(target=None), limit=harmful_limit))}
                  for name, path in eval_sets.items() if Path(path).is_file()}
@@ -159,15 +147,15 @@ def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: S
             continue
         a = np.concatenate([harmful_by_run[mine[c]] for c in cell])
         b = np.concatenate([harmful_by_run[base[c]] for c in cell])
-        est = unpaired_bootstrap(a, b)
+        est = proportion_ratio_interval(int(a.sum()), len(a), int(b.sum()), len(b))
         ratios.append({"cells": ", ".join(f"{c[0]} s{c[1]}" for c in cell) if len(cell) == 1 else "**all (pooled)**",
                        f"{policy.method} by labels": fmt_rate(rate_with_interval(int(a.sum()), len(a))),
                        f"{policy.baseline} by labels": fmt_rate(rate_with_interval(int(b.sum()), len(b))),
                        "ratio [95%]": fmt_ratio(est),
                        f"ratio <= {policy.asr_ratio:g}": _verdict(est[2] <= policy.asr_ratio, est[0] <= policy.asr_ratio)})
     if ratios:
-        lines += [f"The targets' ASR ratio by human labels (p = {policy.harmful_ratio:g}; unpaired bootstrap: the two runs' "
-                  "labelled responses are different prompts):", "", pd.DataFrame(ratios).to_markdown(index=False), ""]
+        lines += [f"The targets' ASR ratio by human labels (p = {policy.harmful_ratio:g}; the two runs' labelled "
+                  "responses are different prompts, so the interval is from each rate's own Jeffreys posterior):", "", pd.DataFrame(ratios).to_markdown(index=False), ""]
     if changed_total:
         lines += [f"{changed_total} labelled responses differ from the ones on disk now and are left out.", ""]
     return lines
