@@ -89,3 +89,36 @@ def test_no_harmful_response_still_leaves_an_upper_end_above_zero():
 def test_a_labels_pattern_that_matches_nothing_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="labels: .*nope_\\*.csv: no such file"):
         label_files([str(tmp_path / "nope_*.csv")])
+
+
+def test_runs_labelled_on_the_same_prompts_are_compared_paired(tmp_path, monkeypatch):
+    import spard.bench.labelled as labelled
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(labelled, "MIN_PAIRED", 5)
+    (tmp_path / "fam.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    runs = tmp_path / "out" / "runs"
+    for name in ("spard-x", "other-x", "other-y"):
+        write_run(runs, name, [0] * 10)
+    labels = tmp_path / "labels_p.csv"
+    with labels.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["item", "split", "pair_sha256", "score", "refused", "note"])
+        for i in range(8):  # SPARD harmful on prompt 0 only; the other defense on 0-5: 5 discordant, 0 the other way
+            w.writerow([f"out/runs/spard-x/eval/generations/fam.jsonl#{i}", "test", "f" * 16, 3 if i == 0 else 1, "no", ""])
+            w.writerow([f"out/runs/other-x/eval/generations/fam.jsonl#{i}", "test", "f" * 16, 4 if i < 6 else 1, "no", ""])
+        for i in range(8):  # same labels, another grid cell: never paired with SPARD's
+            w.writerow([f"out/runs/other-y/eval/generations/fam.jsonl#{i}", "test", "f" * 16, 4, "no", ""])
+    rows = [{"run": "spard-x", "label": "spard", "attack": "a", "harmful_ratio": 0.1, "seed": 0},
+            {"run": "other-x", "label": "other", "attack": "a", "harmful_ratio": 0.1, "seed": 0},
+            {"run": "other-y", "label": "other", "attack": "b", "harmful_ratio": 0.1, "seed": 0}]
+    policy = SimpleNamespace(baseline="sft", method="spard", harmful_ratio=0.1, asr_ratio=0.25)
+    text = "\n".join(labelled_section(rows, runs, [str(labels)], {"fam": "fam.jsonl"}, None, "j", policy))
+    section = text.split("on the same prompts (paired")[1]
+    paired = [line for line in section.splitlines() if line.startswith("| other ")]
+    assert len(paired) == 1
+    cells = [c.strip() for c in paired[0].split("|")]
+    assert cells[2] == "a" and cells[5] == "8" and cells[6].startswith("12.5% [") and cells[7].startswith("75.0% [")
+    assert cells[8].startswith("-62.5 [") and cells[9] == "0.062"  # exact McNemar 5 vs 0: 2 / 2^5
+    monkeypatch.setattr(labelled, "MIN_PAIRED", 9)
+    assert "(paired" not in "\n".join(labelled_section(rows, runs, [str(labels)], {"fam": "fam.jsonl"}, None, "j", policy))

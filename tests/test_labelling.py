@@ -28,6 +28,7 @@ from spard.evaluation.labelling import (
     judge_agreement,
     labelled_responses,
     load_labels,
+    sample_paired_sheet,
     sample_sheet,
     write_sheet,
 )
@@ -50,6 +51,30 @@ def _runs(tmp_path):
                  [{"id": f"q{i}", "prompt": f"question {i}", "response": "I cannot help with that."} for i in range(12)]
                  + [{"id": "dup", "prompt": "question 0", "response": "a answer 0"}])
     (tmp_path / "runs" / "a" / "train_log.jsonl").write_text('{"loss": 1}\n')  # not a responses file
+
+
+def test_a_paired_sheet_holds_every_runs_response_to_each_drawn_prompt(tmp_path):
+    for run, n in (("a", 12), ("b", 11)):  # run b has no response to q11
+        _write_jsonl(tmp_path / "runs" / run / "eval" / "generations" / "fam.jsonl",
+                     [{"id": f"q{i}", "prompt": f"question {i}", "response": f"{run} answer {i}"} for i in range(n)])
+    _write_jsonl(tmp_path / "runs" / "a" / "eval" / "generations" / "only_a.jsonl",
+                 [{"id": "x", "prompt": "p", "response": "r"}])
+    by_file = collect_responses([tmp_path / "runs"])
+    picked = sample_paired_sheet(by_file, 5, seed=3)
+    assert len(picked) == 10 and not any(it.set == "only_a" for it, _ in picked)
+    by_prompt = {}
+    for it, split in picked:
+        by_prompt.setdefault(it.id, []).append((it.item.split("/runs/")[1].split("/")[0], split))
+    assert len(by_prompt) == 5 and "q11" not in by_prompt
+    assert all(sorted(r for r, _ in v) == ["a", "b"] and v[0][1] == v[1][1] for v in by_prompt.values())
+    assert [it.item for it, _ in picked] != sorted(it.item for it, _ in picked)  # runs not in a fixed place
+    assert [it.item for it, _ in sample_paired_sheet(by_file, 5, seed=3)] == [it.item for it, _ in picked]
+    # a prompt with one labelled response is never drawn again; all 11 shared prompts at most
+    skip = {it.pair_sha256 for it, _ in picked if it.item.endswith("#q0") or it.id in by_prompt and "/a/" in it.item}
+    rest = sample_paired_sheet(by_file, 100, seed=0, skip=skip, split="test")
+    assert len(rest) == 2 * (11 - 5) and {s for _, s in rest} == {"test"} and not {it.id for it, _ in rest} & set(by_prompt)
+    with pytest.raises(ValueError, match="two runs or more"):
+        sample_paired_sheet(collect_responses([tmp_path / "runs" / "a"]), 5, seed=0)
 
 
 def test_sheet_spreads_over_files_with_balanced_splits_and_no_verdicts(tmp_path):

@@ -93,6 +93,43 @@ def judge_verdicts(metrics: dict[str, Any], judge: str, items: Sequence[Labelled
     return [metrics["asr"][it.family][judge]["items"][it.position] for it in items]
 
 
+#: fewer prompts labelled in both runs than this and the paired comparison is not shown
+MIN_PAIRED = 20
+
+
+def paired_by_labels(rows: Sequence[dict[str, Any]], labelled_by_run: dict[str, dict[tuple[str, int], bool]],
+                     method: str) -> list[str]:
+    """``method`` against every other defense of the same grid cell (model, attack, p, seed) on the prompts
+    labelled in both runs (``spard judge sheet --paired`` draws them): both ASRs by labels, the paired
+    difference with its bootstrap interval over those prompts, and the exact McNemar p-value. Shown for
+    pairs with at least :data:`MIN_PAIRED` such prompts."""
+    from spard.bench.inference import difference, fmt_p, fmt_points, fmt_rate, mcnemar, paired_bootstrap, rate
+
+    def grid_cell(r: dict[str, Any]) -> tuple[Any, ...]:
+        return r.get("model"), r["attack"], float(r["harmful_ratio"]), r["seed"]
+
+    out = []
+    for mine in (r for r in rows if r["label"] == method and r["run"] in labelled_by_run):
+        for other in rows:
+            if other["label"] == method or other["run"] not in labelled_by_run or grid_cell(other) != grid_cell(mine):
+                continue
+            a, b = labelled_by_run[mine["run"]], labelled_by_run[other["run"]]
+            shared = sorted(set(a) & set(b))
+            if len(shared) < MIN_PAIRED:
+                continue
+            block = (np.array([a[k] for k in shared], float), np.array([b[k] for k in shared], float))
+            out.append({"against": other["label"], "attack": mine["attack"], "p": f"{mine['harmful_ratio']:g}",
+                        "seed": mine["seed"], "prompts labelled in both": len(shared),
+                        f"{method} by labels": fmt_rate(rate(block[0].astype(int).tolist())),
+                        "other by labels": fmt_rate(rate(block[1].astype(int).tolist())),
+                        "difference (points)": fmt_points(paired_bootstrap([block], difference)),
+                        "McNemar p": fmt_p(mcnemar([block]))})
+    if not out:
+        return []
+    return [f"{method} against the other defenses by labels on the same prompts (paired; `spard judge sheet --paired`):", "",
+            pd.DataFrame(out).to_markdown(index=False), ""]
+
+
 def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: Sequence[str], eval_sets: dict[str, str],
                      harmful_limit: int | None, judge: str, policy: Any, starts: Sequence[dict[str, Any]] = ()) -> list[str]:
     """The report's "ASR by human labels" section (empty when no run has labelled responses); ``starts``:
@@ -107,7 +144,7 @@ def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: S
     by_dir = labels_by_eval_dir([label for path in label_files(patterns) for label in load_labels(path)], list(positions))
     if not by_dir:
         return []
-    table, harmful_by_run, changed_total = [], {}, 0
+    table, harmful_by_run, labelled_by_run, changed_total = [], {}, {}, 0
     evaluated = [(start_eval_dir(runs_dir.parent, r["model"]), {**r, "label": f"start: {r['model']}", "attack": "-"})
                  for r in starts] + [(runs_dir / r["run"] / "eval", r) for r in rows]
     for eval_dir, r in evaluated:
@@ -123,6 +160,7 @@ def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: S
         truth = [int(it.harmful) for it in items]
         scored = [(v, t) for v, t in zip(verdicts, truth, strict=True) if v is not None]
         harmful_by_run[r["run"]] = np.array(truth, float)
+        labelled_by_run[r["run"]] = {(it.family, it.position): it.harmful for it in items}
         table.append({"defense": r["label"], "attack": r["attack"], "p": f"{r['harmful_ratio']:g}", "seed": r["seed"] if r["seed"] is not None else "-",
                       "labelled (dev / test)": f"{len(items)} ({sum(it.split == 'dev' for it in items)} / "
                                                f"{sum(it.split != 'dev' for it in items)})",
@@ -156,6 +194,7 @@ def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: S
     if ratios:
         lines += [f"The targets' ASR ratio by human labels (p = {policy.harmful_ratio:g}; the two runs' labelled "
                   "responses are different prompts, so the interval is from each rate's own Jeffreys posterior):", "", pd.DataFrame(ratios).to_markdown(index=False), ""]
+    lines += paired_by_labels(rows, labelled_by_run, policy.method)
     if changed_total:
         lines += [f"{changed_total} labelled responses differ from the ones on disk now and are left out.", ""]
     return lines

@@ -237,17 +237,19 @@ def cmd_judge_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_judge_sheet(args: argparse.Namespace) -> int:
-    from spard.evaluation.labelling import collect_responses, load_labels, sample_sheet, write_sheet
+    from spard.evaluation.labelling import collect_responses, load_labels, sample_paired_sheet, sample_sheet, write_sheet
 
     by_file = collect_responses(args.sources, sets=args.sets or ["*"], exclude=args.exclude or [])
     if not by_file:
         raise ValueError(f"no responses under {', '.join(args.sources)} (looked for generations/, check_after/, "
                          "check_before/, start_checks/ *.jsonl with id, prompt, response)")
     skip = {lab.pair_sha256 for path in args.exclude_labelled or [] for lab in load_labels(path)}
-    picked = sample_sheet(by_file, args.n, args.seed, skip=skip, split=args.split)
+    sample = sample_paired_sheet if args.paired else sample_sheet
+    picked = sample(by_file, args.n, args.seed, skip=skip, split=args.split)
     paths = write_sheet(picked, args.output, seed=args.seed, roots=args.sources)
     total = sum(len(v) for v in by_file.values())
-    print(f"{len(picked)} of {total} responses from {len(by_file)} files (seed {args.seed}); judge verdicts are not on the sheet")
+    what = f"{args.n} prompts x every run: " if args.paired else ""
+    print(f"{what}{len(picked)} of {total} responses from {len(by_file)} files (seed {args.seed}); judge verdicts are not on the sheet")
     print(f"fill in {paths['csv']} (read {paths['html']}); commit the label columns ({paths['template'].name})")
     return 0
 
@@ -349,7 +351,9 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("judge-sheet", help="sample real model outputs into a blind labelling sheet (also: spard judge sheet)")
     p.add_argument("--from", dest="sources", nargs="+", required=True,
                    help="run directories (searched for generations/, check_after/... *.jsonl) or responses files")
-    p.add_argument("--n", type=int, default=320, help="responses on the sheet")
+    p.add_argument("--n", type=int, default=320, help="responses on the sheet (with --paired: prompts)")
+    p.add_argument("--paired", action="store_true",
+                   help="draw prompts and put every run's response to each on the sheet (to compare runs by labels on the same prompts)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sets", nargs="*", help="prompt-set names to keep (glob patterns; default all)")
     p.add_argument("--exclude", nargs="*", help="prompt-set names to leave out (glob patterns)")

@@ -144,6 +144,57 @@ def sample_sheet(by_file: dict[str, list[ResponseItem]], n: int, seed: int, *, s
     return picked
 
 
+def sample_paired_sheet(by_file: dict[str, list[ResponseItem]], n: int, seed: int, *,
+                        skip: set[str] | frozenset[str] = frozenset(), split: str | None = None
+                        ) -> list[tuple[ResponseItem, str]]:
+    """``n`` prompts with every run's response to each: for comparing runs (defenses) on the same prompts
+    by hand labels (a McNemar test on the labels, not two unpaired rates).
+
+    A run is the directory that holds a ``generations/`` (or check) directory; the prompts are drawn from
+    the prompt sets (file names) that every run has, among the row ids present in every run's file,
+    round-robin over the sets in a seeded order. Prompts where a run's response is in ``skip`` (labelled
+    already) are never drawn. Both responses of a prompt get the same split; the rows are shuffled so
+    that a run's responses are not in a fixed place."""
+    if n <= 0:
+        raise ValueError(f"--n must be > 0, got {n}")
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"--split must be dev or test, got {split!r}")
+    by_set: dict[str, dict[str, dict[str, ResponseItem]]] = defaultdict(dict)
+    for name, items in by_file.items():
+        run = Path(name).parent.parent.as_posix()
+        by_set[Path(name).stem][run] = {it.id: it for it in items}
+    runs = sorted({run for per_run in by_set.values() for run in per_run})
+    if len(runs) < 2:
+        raise ValueError(f"a paired sheet needs the responses of two runs or more, found {len(runs)}: {', '.join(runs) or 'none'}")
+    rng = random.Random(seed)
+    queues = {}
+    for name in sorted(by_set):
+        per_run = by_set[name]
+        if sorted(per_run) != runs:
+            logger.warning("prompt set %s is not in every run; left out of the paired sheet", name)
+            continue
+        ids = sorted(set.intersection(*(set(rows) for rows in per_run.values())))
+        rng.shuffle(ids)
+        queues[name] = [[per_run[run][i] for run in runs] for i in ids
+                        if not any(per_run[run][i].pair_sha256 in skip for run in runs)]
+    order = sorted(queues)
+    rng.shuffle(order)
+    first = {name: rng.choice(SPLITS) for name in order}
+    taken: dict[str, int] = defaultdict(int)
+    prompts: list[tuple[list[ResponseItem], str]] = []
+    while len(prompts) < n and any(queues.values()):
+        for name in order:
+            if queues[name] and len(prompts) < n:
+                side = split or (first[name] if taken[name] % 2 == 0 else SPLITS[1 - SPLITS.index(first[name])])
+                taken[name] += 1
+                prompts.append((queues[name].pop(), side))
+    if len(prompts) < n:
+        logger.warning("only %d prompts have a response from every run, fewer than the %d asked for", len(prompts), n)
+    picked = [(item, side) for group, side in prompts for item in group]
+    rng.shuffle(picked)
+    return picked
+
+
 def write_sheet(picked: Sequence[tuple[ResponseItem, str]], directory: str | Path, *, seed: int,
                 roots: Sequence[str]) -> dict[str, Path]:
     """The sheet, in three forms: ``sheet.csv`` (texts and blank label columns, to fill in),
