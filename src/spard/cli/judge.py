@@ -237,7 +237,13 @@ def cmd_judge_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_judge_sheet(args: argparse.Namespace) -> int:
-    from spard.evaluation.labelling import collect_responses, load_labels, sample_paired_sheet, sample_sheet, write_sheet
+    from spard.evaluation.labelling import (
+        collect_responses,
+        load_labels,
+        sample_paired_sheet,
+        sample_sheet,
+        write_sheet,
+    )
 
     by_file = collect_responses(args.sources, sets=args.sets or ["*"], exclude=args.exclude or [])
     if not by_file:
