@@ -75,6 +75,10 @@ def test_a_paired_sheet_holds_every_runs_response_to_each_drawn_prompt(tmp_path)
     assert len(rest) == 2 * (11 - 5) and {s for _, s in rest} == {"test"} and not {it.id for it, _ in rest} & set(by_prompt)
     with pytest.raises(ValueError, match="two runs or more"):
         sample_paired_sheet(collect_responses([tmp_path / "runs" / "a"]), 5, seed=0)
+    # the command: --n counts prompts, each with both runs' responses
+    assert main(["judge", "sheet", "--paired", "--from", str(tmp_path / "runs"), "--n", "4", "--output", str(tmp_path / "sheet")]) == 0
+    manifest = json.loads((tmp_path / "sheet" / "sheet.json").read_text())
+    assert manifest["n"] == 8 and sorted(manifest["files"].values()) == [4, 4]
 
 
 def test_sheet_spreads_over_files_with_balanced_splits_and_no_verdicts(tmp_path):
