@@ -20,6 +20,7 @@ from spard.bench.inference import (
     run_items,
     runs_frame,
     sweep_frame,
+    sweep_target_lines,
     target_lines,
     task_gain_lines,
     worst_case_frame,
@@ -144,3 +145,32 @@ def test_the_task_gain_over_the_start_model_is_paired_and_checked_on_its_interva
     # a start model with no stored task outcomes: nothing to check
     assert task_gain_lines(runs_frame(rows), {"sft-none": RunItems({}, None, None), "sft-a1": RunItems({}, None, None)},
                            start, TargetsConfig()) == []
+
+
+def test_the_sweep_claim_is_checked_up_to_its_ratio_and_reported_beyond():
+    rows, items = [], {}
+    grid = {("sft", "bt"): {0.05: 20, 0.1: 40, 0.2: 60, 0.5: 90}, ("spard", "bt"): {0.05: 2, 0.1: 4, 0.2: 30, 0.5: 70},
+            ("sft", "other"): {0.1: 50}, ("spard", "other"): {0.1: 50},  # another attack: not in the sweep
+            ("sft-pure", "bt"): {1.0: 95}, ("spard-pure", "bt"): {1.0: 40}}
+    for (label, attack), harm_by_p in grid.items():
+        for p, harm in harm_by_p.items():
+            run = f"{label}-{attack}-{p}"
+            rows.append({"label": label, "defense": label.split("-")[0], "attack": attack, "harmful_ratio": p, "seed": 0, "run": run})
+            items[run] = RunItems({"probe": outcomes(harm, 100)}, outcomes(80, 100))
+    frame = runs_frame(rows)
+    policy = TargetsConfig(pairs=[["spard-pure", "sft-pure"]])
+    text = "\n".join(sweep_target_lines(frame, items, "probe", policy))
+    assert "attack bt" in text
+    table = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines() if line.startswith("| spard")]
+    by_p = {c[1]: c for c in table if c[0] == "spard / sft"}
+    assert set(by_p) == {"0.05", "0.1", "0.2", "0.5"}
+    assert by_p["0.05"][6] == "**met**" and by_p["0.1"][2] == "1" and by_p["0.1"][5].startswith("0.10 [")  # bt only: 4/40
+    assert by_p["0.2"][6] == "**missed**"  # 30/60 = 0.5
+    assert by_p["0.5"][6] == "as measured"
+    pure = next(c for c in table if c[0] == "spard-pure / sft-pure")
+    assert pure[1] == "1" and pure[5].startswith("0.42 [") and pure[6] == "as measured"
+    # one ratio and no extra pair: nothing to sweep
+    one = frame[frame["harmful_ratio"].isin([0.1]) & (frame["attack"] == "bt")]
+    assert sweep_target_lines(one, items, "probe", TargetsConfig()) == []
+    with pytest.raises(ValueError, match=r"targets.pairs\[0\]"):
+        TargetsConfig(pairs=[["only-one"]])

@@ -60,9 +60,20 @@ class TargetsConfig:
     #: the task must move: ``baseline``'s accuracy gain over the start model (a share: 0.2 = 20 points),
     #: met when the lower end of its paired interval reaches it
     min_task_gain: float = 0.2
+    #: the p sweep's claim: ``method``'s ASR ratio to ``baseline``'s is checked at every harmful ratio up to
+    #: this; larger ratios (and ``pairs``) are reported as measured
+    sweep_up_to: float = 0.2
+    #: more (method, baseline) label pairs whose ASR ratio the sweep table reports as measured, e.g. the
+    #: pure-harmful attack's ``[spard-harmful-only, sft-harmful-only]``
+    pairs: list[list[str]] = field(default_factory=list)
     #: the judge (its name: stacked, probe, keyword...) whose ASR the targets, paired tests and plots use
     #: first; None = the first of ``eval.judges``. Report-only: changing it re-evaluates nothing
     judge: str | None = None
+
+    def __post_init__(self) -> None:
+        for i, pair in enumerate(self.pairs):
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(isinstance(x, str) for x in pair):
+                raise ValueError(f"targets.pairs[{i}]: expected [method label, baseline label], got {pair!r}")
 
 
 @dataclass
