@@ -65,6 +65,34 @@ def test_bootstrap_resamples_within_cells():
     assert est == pytest.approx(0.0) and low < 0 < high
 
 
+def test_seeds_of_one_setting_are_resampled_as_seeds_too():
+    # three seeds whose differences are 0, 20 and 40 points: prompt resampling alone is sure of +20
+    blocks = paired_blocks([outcomes(k, 200) for k in (20, 60, 100)], [outcomes(20, 200)] * 3)
+    prompts_only = paired_bootstrap(blocks, difference)
+    seeds_too = paired_bootstrap(blocks, difference, groups=[("a", 0.1)] * 3)
+    assert prompts_only[0] == seeds_too[0] == pytest.approx(0.2)
+    assert seeds_too[2] - seeds_too[1] > 2 * (prompts_only[2] - prompts_only[1])
+    assert seeds_too[1] < 0.05 and seeds_too[2] > 0.35
+    # one block per group draws exactly as without groups
+    assert paired_bootstrap(blocks, difference, groups=["x", "y", "z"]) == prompts_only
+    with pytest.raises(ValueError, match="share their prompts"):
+        paired_bootstrap(paired_blocks([[1, 0], [1, 0, 1]], [[0, 0], [0, 0, 0]]), difference, groups=["g", "g"])
+    with pytest.raises(ValueError, match="one key per block"):
+        paired_bootstrap(blocks, difference, groups=["g"])
+
+
+def test_compare_groups_the_seeds_of_a_setting():
+    rows, items = [], {}
+    for seed, k in enumerate((20, 60, 100)):
+        for label, harm in (("spard", k), ("sft", 20)):
+            run = f"{label}-{seed}"
+            rows.append({"label": label, "defense": label, "attack": "a", "harmful_ratio": 0.1, "seed": seed, "run": run})
+            items[run] = RunItems({"probe": outcomes(harm, 200)}, None, None)
+    frame = runs_frame(rows)
+    c = compare(items, cells(frame, "spard", 0.1), cells(frame, "sft", 0.1), "harm", "probe")
+    assert c.runs == 3 and c.diff[1] < 0.05 < 0.35 < c.diff[2]
+
+
 def _grid(spard_harm: int, spard_acc: int, other_harm: int, other_acc: int):
     """sft, spard and lisa on two attacks, 100 harmful prompts and 100 task items per run."""
     rows, items = [], {}

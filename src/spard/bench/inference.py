@@ -101,20 +101,41 @@ def paired_blocks(a: Sequence[Sequence[int | None]], b: Sequence[Sequence[int | 
 
 
 def paired_bootstrap(blocks: Sequence[tuple[np.ndarray, np.ndarray]], statistic: Callable[[float, float], float], *,
-                     resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+                     groups: Sequence[Any] | None = None, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """``(estimate, low, high)``: ``statistic(mean_a, mean_b)`` on the pooled prompts and its percentile
-    95% interval over ``resamples`` draws that resample prompts with replacement within each block (a
-    grid cell), the same draw for both runs. Resamples where the statistic is undefined are dropped."""
+    95% interval over ``resamples`` draws, the same draw for both runs.
+
+    Each block is a grid cell (one seed of one setting). Without ``groups`` a draw resamples prompts with
+    replacement within each block. ``groups`` (one key per block, e.g. the cell's (attack, p)) makes it a
+    two-stage bootstrap: in each group of ``m`` blocks (seeds) a draw first picks ``m`` blocks with
+    replacement, then resamples the prompts of each pick, so the interval also carries the spread between
+    training seeds. Blocks of a group must share their prompts (the same evaluation set); a group of one
+    block draws exactly as without ``groups``. Resamples where the statistic is undefined are dropped."""
     if not blocks:
         return math.nan, math.nan, math.nan
     a, b = np.concatenate([x for x, _ in blocks]), np.concatenate([y for _, y in blocks])
     estimate = statistic(a.mean(), b.mean())
+    keys = list(groups) if groups is not None else list(range(len(blocks)))
+    if len(keys) != len(blocks):
+        raise ValueError(f"groups: one key per block, got {len(keys)} for {len(blocks)} blocks")
+    members = {k: [i for i, g in enumerate(keys) if g == k] for k in keys}
+    for k, idx in members.items():
+        if len({len(blocks[i][0]) for i in idx}) > 1:
+            raise ValueError(f"group {k!r}: its blocks (seeds) must share their prompts, got sizes "
+                             f"{sorted({len(blocks[i][0]) for i in idx})}")
     rng = np.random.default_rng(seed)
     sums_a, sums_b = np.zeros(resamples), np.zeros(resamples)
-    for xa, xb in blocks:
+    for i, (xa, xb) in enumerate(blocks):
+        group = members[keys[i]]
+        if len(group) == 1:
+            pick_a, pick_b = xa[None, :], xb[None, :]
+            which = np.zeros(resamples, dtype=int)
+        else:
+            pick_a, pick_b = np.stack([blocks[j][0] for j in group]), np.stack([blocks[j][1] for j in group])
+            which = rng.integers(0, len(group), size=resamples)
         idx = rng.integers(0, len(xa), size=(resamples, len(xa)))
-        sums_a += xa[idx].sum(axis=1)
-        sums_b += xb[idx].sum(axis=1)
+        sums_a += pick_a[which[:, None], idx].sum(axis=1)
+        sums_b += pick_b[which[:, None], idx].sum(axis=1)
     values = np.array([statistic(sa / len(a), sb / len(b)) for sa, sb in zip(sums_a, sums_b, strict=True)])
     values = values[np.isfinite(values)]
     if not len(values):
@@ -168,18 +189,23 @@ class Comparison:
 def compare(items: dict[str, RunItems], mine: dict[tuple, str], theirs: dict[tuple, str], measure: str,
             judge: str | None = None) -> Comparison | None:
     """Paired comparison of two labels' runs (``cells`` of each) on ``measure``; None when no cell is shared
-    or a run has no per-prompt outcomes."""
-    shared = [c for c in mine if c in theirs and mine[c] in items and theirs[c] in items]
-    a = [items[mine[c]].get(measure, judge) for c in shared]
-    b = [items[theirs[c]].get(measure, judge) for c in shared]
-    pairs = [(x, y) for x, y in zip(a, b, strict=True) if x is not None and y is not None]
-    if not pairs:
+    or a run has no per-prompt outcomes. Several seeds of one setting (attack, p) are resampled as seeds
+    too (:func:`paired_bootstrap` with ``groups``)."""
+    blocks, groups, pooled_a, pooled_b, runs = [], [], [], [], 0
+    for c in mine:
+        if c not in theirs or mine[c] not in items or theirs[c] not in items:
+            continue
+        x, y = items[mine[c]].get(measure, judge), items[theirs[c]].get(measure, judge)
+        if x is None or y is None:
+            continue
+        runs, found = runs + 1, paired_blocks([x], [y])
+        pooled_a, pooled_b = pooled_a + list(x), pooled_b + list(y)
+        blocks += found
+        groups += [c[:2]] * len(found)
+    if not runs:
         return None
-    blocks = paired_blocks([x for x, _ in pairs], [y for _, y in pairs])
-    pooled_a = [v for x, _ in pairs for v in x]
-    pooled_b = [v for _, y in pairs for v in y]
-    return Comparison(len(pairs), rate(pooled_a), rate(pooled_b), paired_bootstrap(blocks, difference),
-                      paired_bootstrap(blocks, ratio), mcnemar(blocks))
+    return Comparison(runs, rate(pooled_a), rate(pooled_b), paired_bootstrap(blocks, difference, groups=groups),
+                      paired_bootstrap(blocks, ratio, groups=groups), mcnemar(blocks))
 
 
 def fmt_rate(r: dict[str, Any] | None) -> str:
@@ -257,7 +283,7 @@ def target_lines(frame: pd.DataFrame, items: dict[str, RunItems], judge: str, po
     lines += [pd.DataFrame(rows).to_markdown(index=False), "",
               "Verdicts: **met** when the whole 95% interval meets the target, *point only* when the estimate meets "
               "it but the interval does not, **missed** otherwise. The ratio's interval is a paired bootstrap over "
-              "prompts within each cell.", ""]
+              "prompts within each cell and, where a setting ran several seeds, over its seeds.", ""]
     lines += lowest_lines(frame, items, judge, policy)
     return lines
 
@@ -383,12 +409,16 @@ def task_gain_lines(frame: pd.DataFrame, items: dict[str, RunItems], start_items
     for name, sel in (("p = 0 (benign fine-tuning)", base[base["attack"] == "none"]),
                       (f"p = {policy.harmful_ratio:g}", base[(base["attack"] != "none")
                                                            & np.isclose(base["harmful_ratio"].astype(float), policy.harmful_ratio)])):
-        pairs = [(items[r.run].task, start_items[r.model].task) for r in sel.itertuples()
+        pairs = [(items[r.run].task, start_items[r.model].task, (r.model, r.attack, float(r.harmful_ratio)))
+                 for r in sel.itertuples()
                  if r.model in start_items and items[r.run].task is not None and start_items[r.model].task is not None]
-        blocks = paired_blocks([a for a, _ in pairs], [b for _, b in pairs]) if pairs else []
+        blocks, groups = [], []
+        for a, b, setting in pairs:
+            found = paired_blocks([a], [b])
+            blocks, groups = blocks + found, groups + [setting] * len(found)
         if not blocks:
             continue
-        est = paired_bootstrap(blocks, difference)
+        est = paired_bootstrap(blocks, difference, groups=groups)
         goal = policy.min_task_gain
         lines.append(f"- {policy.baseline}'s task accuracy gain over the start model, {name}, {len(pairs)} run(s): "
                      f"{fmt_points(est)} points (paired over the same items; target >= {100 * goal:g}: "
