@@ -79,6 +79,7 @@ def test_eval_reports_over_refusal_on_each_benign_set(tiny_model_dir, toy_data, 
     metrics = json.loads((out / "metrics.json").read_text())
     r = metrics["over_refusal"]["everyday"]
     assert r["n"] == 5 and r["low"] <= r["rate"] <= r["high"] and metrics["over_refusal_mean"] == r["rate"]
+    assert len(r["items"]) == 5 and sum(r["items"]) == r["k"]  # per prompt, for paired comparisons
     assert "## Over-refusal" in (out / "summary.md").read_text()
 
 
@@ -90,6 +91,11 @@ def test_report_puts_over_refusal_beside_the_runs():
             {"label": "lisa", "over_refusal[xstest_safe]": 1.0}]
     lines = over_refusal_table(rows, starts)
     assert "| start model: m | 1 | 90.0% |" in lines and "| sft | 2 | 30.0% |" in lines and "| lisa | 1 | 100.0% |" in lines
+    # with counts: pooled over the runs, with the Wilson interval and k/n
+    for r, n in zip([*starts, *rows], (10, 10, 10, 10), strict=True):
+        r["over_refusal_n[xstest_safe]"] = n
+    lines = over_refusal_table(rows, starts)
+    assert "| sft | 2 | 30.0% [14.5, 51.9] (6/20) |" in lines and "| start model: m | 1 | 90.0% [59.6, 98.2] (9/10) |" in lines
     assert over_refusal_table([{"label": "sft"}], []) == []
 
 

@@ -225,6 +225,7 @@ def eval_fields(ev: dict[str, Any]) -> dict[str, Any]:
     row["over_refusal"] = task.get("over_refusal")
     for name, r in ev.get("over_refusal", {}).items():
         row[f"over_refusal[{name}]"] = r["rate"]
+        row[f"over_refusal_n[{name}]"] = r.get("n")
     if "over_refusal_mean" in ev:
         row["benign_over_refusal"] = ev["over_refusal_mean"]
     row["eval_system_prompt"] = bool(ev.get("system_prompt"))

@@ -183,12 +183,14 @@ def start_table(starts: Sequence[dict[str, Any]], judge: str) -> list[str]:
 
 def over_refusal_table(rows: Sequence[dict[str, Any]], starts: Sequence[dict[str, Any]]) -> list[str]:
     """Over-refusal (benign prompts refused, keyword refusal rule) per benign set: start models, then
-    each defense label (mean over its runs); shown beside every ASR table so that a low ASR that comes
-    from refusing everything is visible."""
+    each defense label, pooled over its runs with its Wilson 95% interval and count; shown beside every
+    ASR table so that a low ASR that comes from refusing everything is visible."""
+    from spard.evaluation.stats import format_rate, rate_with_interval
+
     sets = sorted({k[13:-1] for r in [*starts, *rows] for k in r if k.startswith("over_refusal[")})
     if not sets:
         return []
-    lines = ["## Over-refusal on benign prompts (share refused, keyword refusal rule; mean over runs)", "",
+    lines = ["## Over-refusal on benign prompts (share refused, keyword refusal rule; pooled over runs, Wilson 95%)", "",
              "| model / defense | runs | " + " | ".join(sets) + " |", "|---|---|" + "---|" * len(sets)]
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in starts:
@@ -198,8 +200,13 @@ def over_refusal_table(rows: Sequence[dict[str, Any]], starts: Sequence[dict[str
     for label, items in groups.items():
         cells = []
         for name in sets:
-            vals = [r[f"over_refusal[{name}]"] for r in items if r.get(f"over_refusal[{name}]") is not None]
-            cells.append(_fmt(statistics.fmean(vals), pct=True) if vals else "n/a")
+            counted = [(r[f"over_refusal[{name}]"], r.get(f"over_refusal_n[{name}]")) for r in items
+                       if r.get(f"over_refusal[{name}]") is not None]
+            if counted and all(n for _, n in counted):
+                k, n = sum(round(rate * n) for rate, n in counted), sum(n for _, n in counted)
+                cells.append(format_rate(rate_with_interval(k, n)))
+            else:  # rows written before counts were kept
+                cells.append(_fmt(statistics.fmean(v for v, _ in counted), pct=True) if counted else "n/a")
         lines.append(f"| {label} | {len(items)} | " + " | ".join(cells) + " |")
     return lines + [""]
 

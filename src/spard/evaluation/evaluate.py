@@ -174,7 +174,8 @@ def run_evaluation(cfg: EvalConfig, *, on_mismatch: str = "error") -> dict[str, 
             prompts = load_examples(path, FieldMap(target=None), origin=f"benign:{name}", limit=cfg.benign_limit)
             rows = generate_responses(model, tokenizer, prompts, gen_cfg, output=out / "generations" / f"benign.{name}.jsonl",
                                       progress=cfg.progress, **io)
-            metrics["over_refusal"][name] = rate_with_interval(sum(is_refusal(r["response"]) for r in rows), len(rows))
+            refused = [int(is_refusal(r["response"])) for r in rows]
+            metrics["over_refusal"][name] = {**rate_with_interval(sum(refused), len(refused)), "items": refused}
         metrics["over_refusal_mean"] = _mean([r["rate"] for r in metrics["over_refusal"].values()])
     if cfg.task_data:
         task_metrics = _evaluate_task(cfg, model, tokenizer, gen_cfg, out, io)
