@@ -104,6 +104,11 @@ def collect_responses(roots: Sequence[str | Path], sets: Sequence[str] = ("*",),
     return found
 
 
+def _alternate(first: str, taken: int) -> str:
+    """The split of a file's next drawn response: ``first`` for its 1st, 3rd... draw, the other split between."""
+    return first if taken % 2 == 0 else SPLITS[1 - SPLITS.index(first)]
+
+
 def sample_sheet(by_file: dict[str, list[ResponseItem]], n: int, seed: int, *, skip: set[str] | frozenset[str] = frozenset(),
                  split: str | None = None) -> list[tuple[ResponseItem, str]]:
     """``n`` responses spread evenly over the files (round-robin over files in a seeded order, each
@@ -136,7 +141,7 @@ def sample_sheet(by_file: dict[str, list[ResponseItem]], n: int, seed: int, *, s
                 continue
             item = queue.pop()
             seen.add(item.pair_sha256)
-            side = split or (first[name] if taken[name] % 2 == 0 else SPLITS[1 - SPLITS.index(first[name])])
+            side = split or _alternate(first[name], taken[name])
             taken[name] += 1
             picked.append((item, side))
     if len(picked) < n:
@@ -185,7 +190,7 @@ def sample_paired_sheet(by_file: dict[str, list[ResponseItem]], n: int, seed: in
     while len(prompts) < n and any(queues.values()):
         for name in order:
             if queues[name] and len(prompts) < n:
-                side = split or (first[name] if taken[name] % 2 == 0 else SPLITS[1 - SPLITS.index(first[name])])
+                side = split or _alternate(first[name], taken[name])
                 taken[name] += 1
                 prompts.append((queues[name].pop(), side))
     if len(prompts) < n:
