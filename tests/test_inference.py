@@ -12,6 +12,7 @@ from spard.bench.inference import (
     RunItems,
     cells,
     compare,
+    comparison_frame,
     difference,
     mcnemar,
     paired_blocks,
@@ -202,3 +203,22 @@ def test_the_sweep_claim_is_checked_up_to_its_ratio_and_reported_beyond():
     assert sweep_target_lines(one, items, "probe", TargetsConfig()) == []
     with pytest.raises(ValueError, match=r"targets.pairs\[0\]"):
         TargetsConfig(pairs=[["only-one"]])
+
+
+def test_over_refusal_is_compared_paired_where_the_runs_kept_it_per_prompt():
+    metrics = {"asr": {"a": {"n": 2, "probe": {"asr": 0.5, "items": [1, 0]}}},
+               "over_refusal": {"y": {"rate": 0.5, "n": 2, "items": [1, 0]}, "x": {"rate": 1.0, "n": 1, "items": [1]}}}
+    assert run_items(metrics).refusal == [1, 1, 0]  # sets in sorted order
+    metrics["over_refusal"]["x"].pop("items")  # an evaluation from before: no per-prompt refusals
+    assert run_items(metrics).refusal is None
+    rows, items = [], {}
+    for label, refused in (("sft", 10), ("spard", 60), ("lisa", None)):
+        run = f"{label}-a"
+        rows.append({"label": label, "defense": label, "attack": "a", "harmful_ratio": 0.1, "seed": 0, "run": run})
+        items[run] = RunItems({"probe": outcomes(20, 100)}, outcomes(80, 100), None,
+                              outcomes(refused, 100) if refused is not None else None)
+    table = comparison_frame(runs_frame(rows), items, "probe", "sft", 0.1).set_index("defense")
+    assert table.loc["spard", "over-refusal"].startswith("60.0% [") and table.loc["sft", "over-refusal"].startswith("10.0% [")
+    assert table.loc["spard", "over-refusal minus sft, points"].startswith("+50.0 [")
+    assert table.loc["spard", "over-refusal: McNemar p"] == "< 0.001"
+    assert table["over-refusal"].isna()["lisa"]  # lisa's run kept no per-prompt refusals

@@ -33,17 +33,20 @@ import pandas as pd
 from spard.evaluation.stats import mcnemar_exact, rate_with_interval
 
 #: Per-prompt outcomes a run can be compared on: key -> (what, higher is better)
-MEASURES = {"harm": "ASR", "task": "task accuracy (generated)", "loglik": "task accuracy (most likely label)"}
+MEASURES = {"harm": "ASR", "task": "task accuracy (generated)", "loglik": "task accuracy (most likely label)",
+            "refusal": "over-refusal (benign prompts refused)"}
 
 
 @dataclass
 class RunItems:
     """One evaluation's per-prompt outcomes (1 / 0, None where a judge failed): ``harm[judge]`` over the
-    harmful families in sorted order, ``task`` and ``loglik`` over the task items."""
+    harmful families in sorted order, ``task`` and ``loglik`` over the task items, ``refusal`` over the
+    benign prompts in sorted set order (evaluations from before per-prompt refusals were kept: None)."""
 
     harm: dict[str, list[int | None]]
     task: list[int] | None = None
     loglik: list[int] | None = None
+    refusal: list[int] | None = None
 
     def get(self, measure: str, judge: str | None = None) -> list[int | None] | None:
         return self.harm.get(judge or "") if measure == "harm" else getattr(self, measure)
@@ -62,7 +65,10 @@ def run_items(metrics: dict[str, Any]) -> RunItems | None:
     task = metrics.get("task", {})
     if not harm and "correct" not in task:
         return None
-    return RunItems(harm, task.get("correct"), task.get("loglik_correct"))
+    benign = metrics.get("over_refusal", {})
+    refusal = ([v for name in sorted(benign) for v in benign[name]["items"]]
+               if benign and all("items" in r for r in benign.values()) else None)
+    return RunItems(harm, task.get("correct"), task.get("loglik_correct"), refusal)
 
 
 def read_items(eval_dir: Path) -> RunItems | None:
@@ -232,8 +238,9 @@ def fmt_p(p: float) -> str:
 
 def comparison_frame(frame: pd.DataFrame, items: dict[str, RunItems], judge: str, baseline: str,
                      harmful_ratio: float) -> pd.DataFrame:
-    """Every label against ``baseline`` at ``harmful_ratio``, paired over the cells both ran: ASR and both
-    task accuracies, each with its interval, the difference with its bootstrap interval and McNemar's p."""
+    """Every label against ``baseline`` at ``harmful_ratio``, paired over the cells both ran: ASR, both
+    task accuracies and over-refusal of benign prompts (where the runs kept it per prompt), each with its
+    interval, the difference with its bootstrap interval and McNemar's p."""
     base = cells(frame, baseline, harmful_ratio)
     out = []
     for label in sorted(frame["label"].unique(), key=lambda x: (x != baseline, x)):
@@ -241,7 +248,8 @@ def comparison_frame(frame: pd.DataFrame, items: dict[str, RunItems], judge: str
         if not mine:
             continue
         row: dict[str, Any] = {"defense": label, "runs": len(mine)}
-        for measure, name in (("harm", "ASR"), ("task", "accuracy"), ("loglik", "accuracy (label LL)")):
+        for measure, name in (("harm", "ASR"), ("task", "accuracy"), ("loglik", "accuracy (label LL)"),
+                              ("refusal", "over-refusal")):
             c = compare(items, mine, base, measure, judge)
             if c is None:
                 continue
