@@ -309,7 +309,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, dry_run: bool = False,
     elif needs_align:
         aligned, unaligned = str(out / "align" / "model"), (cfg.align or {}).get("model", {}).get("name")
     start_sha256 = (_read_json(out / "align" / "alignment.json") or {}).get("model_sha256") if needs_align else None
-    if training:
+    if training or report_only:  # its weights enter the evaluation key: a fresh clone fits the missing probe (seconds)
         fit_probe_stage(cfg)
     from spard.evaluation.evaluate import eval_key
 
