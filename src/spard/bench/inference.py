@@ -106,6 +106,18 @@ def paired_blocks(a: Sequence[Sequence[int | None]], b: Sequence[Sequence[int | 
     return blocks
 
 
+def grouped_blocks(pairs: Sequence[tuple[Sequence[int | None], Sequence[int | None], Any]]
+                   ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[Any]]:
+    """``(blocks, groups)`` for :func:`paired_bootstrap` from ``(a, b, group key)`` triples, one per cell
+    (cells with no prompt outcome on both sides are dropped with their key)."""
+    blocks, groups = [], []
+    for a, b, key in pairs:
+        found = paired_blocks([a], [b])
+        blocks += found
+        groups += [key] * len(found)
+    return blocks, groups
+
+
 def paired_bootstrap(blocks: Sequence[tuple[np.ndarray, np.ndarray]], statistic: Callable[[float, float], float], *,
                      groups: Sequence[Any] | None = None, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """``(estimate, low, high)``: ``statistic(mean_a, mean_b)`` on the pooled prompts and its percentile
@@ -197,20 +209,15 @@ def compare(items: dict[str, RunItems], mine: dict[tuple, str], theirs: dict[tup
     """Paired comparison of two labels' runs (``cells`` of each) on ``measure``; None when no cell is shared
     or a run has no per-prompt outcomes. Several seeds of one setting (attack, p) are resampled as seeds
     too (:func:`paired_bootstrap` with ``groups``)."""
-    blocks, groups, pooled_a, pooled_b, runs = [], [], [], [], 0
-    for c in mine:
-        if c not in theirs or mine[c] not in items or theirs[c] not in items:
-            continue
-        x, y = items[mine[c]].get(measure, judge), items[theirs[c]].get(measure, judge)
-        if x is None or y is None:
-            continue
-        runs, found = runs + 1, paired_blocks([x], [y])
-        pooled_a, pooled_b = pooled_a + list(x), pooled_b + list(y)
-        blocks += found
-        groups += [c[:2]] * len(found)
-    if not runs:
+    pairs = [(items[mine[c]].get(measure, judge), items[theirs[c]].get(measure, judge), c[:2]) for c in mine
+             if c in theirs and mine[c] in items and theirs[c] in items]
+    pairs = [(x, y, key) for x, y, key in pairs if x is not None and y is not None]
+    if not pairs:
         return None
-    return Comparison(runs, rate(pooled_a), rate(pooled_b), paired_bootstrap(blocks, difference, groups=groups),
+    blocks, groups = grouped_blocks(pairs)
+    pooled_a = [v for x, _, _ in pairs for v in x]
+    pooled_b = [v for _, y, _ in pairs for v in y]
+    return Comparison(len(pairs), rate(pooled_a), rate(pooled_b), paired_bootstrap(blocks, difference, groups=groups),
                       paired_bootstrap(blocks, ratio, groups=groups), mcnemar(blocks))
 
 
@@ -420,10 +427,7 @@ def task_gain_lines(frame: pd.DataFrame, items: dict[str, RunItems], start_items
         pairs = [(items[r.run].task, start_items[r.model].task, (r.model, r.attack, float(r.harmful_ratio)))
                  for r in sel.itertuples()
                  if r.model in start_items and items[r.run].task is not None and start_items[r.model].task is not None]
-        blocks, groups = [], []
-        for a, b, setting in pairs:
-            found = paired_blocks([a], [b])
-            blocks, groups = blocks + found, groups + [setting] * len(found)
+        blocks, groups = grouped_blocks(pairs)
         if not blocks:
             continue
         est = paired_bootstrap(blocks, difference, groups=groups)
