@@ -36,6 +36,27 @@ def test_tfidf_probe_fits_saves_without_pickle_and_reloads(tmp_path):
     assert [v.harmful for v in verdicts] == [False, True]
 
 
+def test_probe_fingerprint_follows_the_fit_data_not_the_weights_last_bits(tmp_path):
+    from spard.evaluation.judges.probe import probe_fingerprint
+
+    texts, labels = toy_texts()
+    probe = fit_probe(texts, labels, features="tfidf", C=10.0)
+    probe.save(tmp_path / "a")
+    probe.weights = probe.weights * (1 + 1e-13)  # what another BLAS thread count does to a refit
+    probe.save(tmp_path / "b")
+    assert (tmp_path / "a" / "probe.safetensors").read_bytes() != (tmp_path / "b" / "probe.safetensors").read_bytes()
+    assert probe_fingerprint(tmp_path / "a") == probe_fingerprint(tmp_path / "b")
+    other = fit_probe(texts[:-1], labels[:-1], features="tfidf", C=10.0).save(tmp_path / "c")
+    assert probe_fingerprint(other) != probe_fingerprint(tmp_path / "a")
+    assert probe_fingerprint(fit_probe(texts, labels, features="tfidf", C=1.0).save(tmp_path / "d")) \
+        != probe_fingerprint(tmp_path / "a")
+    # a probe saved before the data's sha256 was recorded is fingerprinted by its weights
+    meta = json.loads((tmp_path / "b" / "probe.json").read_text())
+    del meta["data_sha256"]
+    (tmp_path / "b" / "probe.json").write_text(json.dumps(meta))
+    assert "weights_sha256" in probe_fingerprint(tmp_path / "b")
+
+
 def test_probe_rejects_single_class_and_unknown_features():
     with pytest.raises(ValueError, match="both harmful"):
         fit_probe(["a", "b", "c", "d"], [0, 0, 0, 0])

@@ -156,22 +156,41 @@ def fit_probe(
     held_out = float(np.mean((trial.predict_proba([texts[i] for i in idx_te]) >= 0.5) == y[idx_te]))
     final = build(texts, y)
     final.info = {"heldout_accuracy": held_out, "train_size": len(texts), "heldout_size": int(len(idx_te)),
-                  "positives": int(y.sum()), "C": C}
+                  "positives": int(y.sum()), "C": C, "data_sha256": fit_data_sha256(texts, y.tolist())}
     logger.info("probe (%s): held-out accuracy %.4f on %d responses", features, held_out, len(idx_te))
     return final
 
 
+def fit_data_sha256(texts: Sequence[str], labels: Sequence[int]) -> str:
+    """sha256 of the labelled texts a probe is fit on, in order (what, with the fit's settings, decides its weights)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for text, label in zip(texts, labels, strict=True):
+        digest.update(f"{int(label)}\t{len(text)}\t".encode())
+        digest.update(text.encode())
+    return digest.hexdigest()
+
+
 def probe_fingerprint(directory: str | Path) -> dict[str, Any]:
-    """What decides a probe's verdicts: its weights (sha256), threshold and features; ``None`` values
-    while no probe is saved in ``directory`` yet."""
+    """What decides a probe's verdicts: the data it was fit on (sha256 of the labelled texts) and the fit's
+    settings, threshold and features; ``None`` values while no probe is saved in ``directory`` yet.
+
+    Not the weights' bits: a refit on another machine (another BLAS thread count) sums in another order and
+    moves the weights by about 1e-12, which changed no verdict on 40,000 responses
+    (``benchmarks/probe_refit.py``), and the fingerprint must let a fresh clone's refit match the runs it
+    judged. A probe saved before the data's sha256 was recorded is fingerprinted by its weights."""
     from spard.models.loading import file_sha256
 
     directory = Path(directory)
     if not Probe.is_saved(directory):
         return {"judge": "probe", "weights_sha256": None}
     meta = json.loads((directory / "probe.json").read_text())
-    return {"judge": "probe", "weights_sha256": file_sha256(directory / "probe.safetensors"),
-            "threshold": meta.get("threshold", 0.5), "features": meta.get("features", "tfidf")}
+    common = {"threshold": meta.get("threshold", 0.5), "features": meta.get("features", "tfidf")}
+    if meta.get("data_sha256"):
+        return {"judge": "probe", "data_sha256": meta["data_sha256"], "C": meta.get("C"),
+                "ngram_range": meta.get("ngram_range"), "encoder": meta.get("encoder"), **common}
+    return {"judge": "probe", "weights_sha256": file_sha256(directory / "probe.safetensors"), **common}
 
 
 class ProbeJudge(Judge):

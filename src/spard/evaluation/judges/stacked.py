@@ -26,7 +26,8 @@ dev. Saved as ``stacked.json`` (weights, scaling, threshold, provenance; JSON, n
 derives from the safety pool is rebuilt from the recorded pool file (its sha256 is checked) when
 missing, so only ``stacked.json`` needs committing: the pool sample's embeddings
 (``pool_refs.safetensors``) and the TF-IDF probe (``probe/``, refit as ``spard bench``'s probe stage
-fits it, and checked against the recorded weights' sha256).
+fits it, and checked against the recorded weights' sha256; a refit whose bits differ, as on another
+machine's BLAS, is accepted when its data and settings are the recorded pool's: :func:`check_refit_probe`).
 """
 
 from __future__ import annotations
@@ -229,7 +230,7 @@ def load_featuriser(meta: dict[str, Any], directory: str | Path) -> Featuriser:
             check_pool("its probe")
             refit_probe(pool["path"], meta.get("probe_features", "tfidf"), probe_dir)
         if file_sha256(probe_dir / "probe.safetensors") != meta["probe_sha256"]:
-            raise ValueError(f"{probe_dir}: not the probe the judge was fit with (weights sha256 differs)")
+            check_refit_probe(probe_dir, pool["path"], meta.get("probe_features", "tfidf"))
         probe = Probe.load(probe_dir)
     cache = directory / "pool_refs.safetensors"
     if cache.is_file():
@@ -240,6 +241,27 @@ def load_featuriser(meta: dict[str, Any], directory: str | Path) -> Featuriser:
         refs = build_pool_references(pool["path"], pool["n"], pool["seed"], encoder)
         atomic_write(cache, lambda tmp: save_file({"unsafe": refs.unsafe, "safe": refs.safe}, str(tmp)))
     return Featuriser(refs, encoder, probe, embedding=len(meta["features"]) > len(FEATURES))
+
+
+def check_refit_probe(probe_dir: Path, pool: str | Path, features: str) -> None:
+    """Accept a probe whose weights' bits differ from the recorded ones only if it was fit, as
+    :func:`refit_probe` fits it, on the recorded pool: another machine's BLAS sums in another order
+    (weights about 1e-12 apart, no verdict changed on 40,000 responses: ``benchmarks/probe_refit.py``).
+    Anything else is not the probe the judge was fit with."""
+    import inspect
+
+    from spard.evaluation.judge_quality import responses_and_labels
+    from spard.evaluation.judges.probe import fit_data_sha256, fit_probe
+
+    info = json.loads((probe_dir / "probe.json").read_text())
+    defaults = inspect.signature(fit_probe).parameters
+    texts, labels = responses_and_labels([pool])
+    if (info.get("data_sha256") != fit_data_sha256(texts, labels) or info.get("features", "tfidf") != features
+            or info.get("C") != defaults["C"].default or list(info.get("ngram_range", ())) != list(defaults["ngram_range"].default)):
+        raise ValueError(f"{probe_dir}: not the probe the judge was fit with (weights sha256 differs, and it was not "
+                         f"fit on the judge's pool with features {features!r}); delete the folder to refit it")
+    logger.info("%s: refit on this machine, its weights differ from the recorded ones in their last bits "
+                "(BLAS summation order); same data and settings", probe_dir)
 
 
 def refit_probe(pool: str | Path, features: str, directory: str | Path) -> None:
