@@ -5,8 +5,8 @@ A labelling sheet draws responses at random, the same number from each prompt se
 harmful-prompt responses the labelled harmful share estimates the run's ASR without any judge's error,
 on fewer prompts. The report shows it with its Wilson interval and the method-to-baseline ratio of
 those estimates with an interval from each rate's Jeffreys posterior
-(``stats.proportion_ratio_interval``): the two runs' labelled responses are different prompts, so they are not
-paired, and a run with no harmful labelled response still gets an upper end above 0.
+(``stats.proportion_ratio_interval``): each run's labelled responses are its own draw of prompts, so they are
+treated as unpaired (prompts labelled in both runs are compared paired in :func:`paired_by_labels`), and a run with no harmful labelled response still gets an upper end above 0.
 """
 
 from __future__ import annotations
@@ -192,8 +192,9 @@ def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: S
                        "ratio [95%]": fmt_ratio(est),
                        f"ratio <= {policy.asr_ratio:g}": _verdict(est[2] <= policy.asr_ratio, est[0] <= policy.asr_ratio)})
     if ratios:
-        lines += [f"The targets' ASR ratio by human labels (p = {policy.harmful_ratio:g}; the two runs' labelled "
-                  "responses are different prompts, so the interval is from each rate's own Jeffreys posterior):", "", pd.DataFrame(ratios).to_markdown(index=False), ""]
+        lines += [f"The targets' ASR ratio by human labels (p = {policy.harmful_ratio:g}; each run's labelled "
+                  "responses are its own draw of prompts, so the interval is from each rate's own Jeffreys posterior; "
+                  "prompts labelled in both runs are compared paired below where there are any):", "", pd.DataFrame(ratios).to_markdown(index=False), ""]
     lines += paired_by_labels(rows, labelled_by_run, policy.method)
     if changed_total:
         lines += [f"{changed_total} labelled responses differ from the ones on disk now and are left out.", ""]
