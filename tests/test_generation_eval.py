@@ -78,6 +78,18 @@ def test_spard_eval_writes_metrics_and_summary(tiny_model_dir, toy_data, tmp_pat
     assert len((out / "judgements" / "eval_harmful.keyword.jsonl").read_text().splitlines()) == 6
     assert "Attack success" in capsys.readouterr().out
     assert len(metrics["eval_key"]) == 64
+    assert metrics["total_wall_seconds"] == metrics["wall_seconds"]
+
+    # a re-judge of the stored generations (one more judge): its seconds add to the generating evaluation's
+    rejudge = ["eval", "--model", str(tiny_model_dir), "--harmful-data", str(toy_data["eval"]), str(toy_data["attack"]),
+               "--task-data", str(toy_data["task_test"]), "--task", "gsm8k", "--limit", "6", "--task-limit", "5",
+               "--max-new-tokens", "8", "--judge", "keyword", "--judge", "keyword:v1", "--output-dir", str(out), "--no-progress"]
+    assert main(rejudge) == 0
+    rejudged = json.loads((out / "metrics.json").read_text())
+    assert rejudged["eval_key"] != metrics["eval_key"] and rejudged["generation_key"] == metrics["generation_key"]
+    assert rejudged["total_wall_seconds"] == pytest.approx(metrics["wall_seconds"] + rejudged["wall_seconds"])
+    metrics = rejudged
+    capsys.readouterr()
 
     # Rerun under other decoding: the old code reused the 8-token responses; now a clear error...
     before = (out / "generations" / "eval_harmful.jsonl").read_text()
@@ -91,6 +103,7 @@ def test_spard_eval_writes_metrics_and_summary(tiny_model_dir, toy_data, tmp_pat
     assert main([*again, "--overwrite"]) == 0
     redone = json.loads((out / "metrics.json").read_text())
     assert redone["max_new_tokens"] == 4 and redone["eval_key"] != metrics["eval_key"]
+    assert redone["total_wall_seconds"] == redone["wall_seconds"]  # generated anew: the old seconds are not its cost
 
 
 def test_eval_picks_up_the_system_prompt_saved_with_a_run(tiny_model_dir, toy_data, tmp_path):

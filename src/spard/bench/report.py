@@ -165,8 +165,9 @@ def markdown(rows: Sequence[dict[str, Any]], title: str, starts: Sequence[dict[s
                 f"{_fmt(r.get('seconds_per_update'), digits=2)} | "
                 f"{_fmt((r.get('wall_seconds') or 0) / 60, digits=1)} min{REUSED_MARK if r.get('reused_training_from') else ''} | {fired} |"
             )
-        lines += ["", "wall: the training's seconds plus its latest evaluation's; an evaluation that re-judged stored "
-                  "generations (after a judge changed) counts only its own seconds, not the generation's."]
+        lines += ["", "wall: the training's seconds plus its evaluations' (a re-judge of stored generations adds its own "
+                  "seconds to those of the evaluation that generated them; evaluations made before 2026-12-01's "
+                  "`total_wall_seconds` count the latest only)."]
         if any(r.get("reused_training_from") for r in rows):
             lines += ["", f"{REUSED_MARK} the training was the same computation as a finished run's (see "
                       "`Defense.trains_like`) and was copied from it; the wall time counts that training."]

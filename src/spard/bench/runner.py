@@ -274,7 +274,7 @@ def result_row(run: RunSpec, run_dir: Path) -> dict[str, Any]:
     row["updates"] = train.get("updates")
     row["seconds_per_update"] = train.get("seconds_per_update")
     row["train_seconds"] = train.get("train_seconds")
-    row["wall_seconds"] = (train.get("wall_seconds") or 0.0) + (ev.get("wall_seconds") or 0.0)
+    row["wall_seconds"] = (train.get("wall_seconds") or 0.0) + (ev.get("total_wall_seconds") or ev.get("wall_seconds") or 0.0)
     row["k"] = train.get("selection", {}).get("k")
     if train.get("reused_training_from"):
         row["reused_training_from"] = train["reused_training_from"]

@@ -130,6 +130,8 @@ def run_evaluation(cfg: EvalConfig, *, on_mismatch: str = "error") -> dict[str, 
             if saved:
                 logger.info("using the evaluation system prompt saved with the training run")
     model_id = model_fingerprint(cfg.model.name)
+    generation_key = config_hash({"model": model_id, "generation": to_dict(gen_cfg)})
+    earlier = _earlier_seconds(out / "metrics.json", generation_key)
     model, tokenizer = load_model(cfg.model)
     io = {"model_id": model_id, "on_mismatch": on_mismatch}
 
@@ -181,6 +183,10 @@ def run_evaluation(cfg: EvalConfig, *, on_mismatch: str = "error") -> dict[str, 
         task_metrics = _evaluate_task(cfg, model, tokenizer, gen_cfg, out, io)
         metrics["task"] = task_metrics
     metrics["wall_seconds"] = time.perf_counter() - started
+    # what evaluating this model has cost so far: a re-judge of stored generations adds its own seconds to
+    # those of the evaluations that generated them
+    metrics["generation_key"] = generation_key
+    metrics["total_wall_seconds"] = earlier + metrics["wall_seconds"]
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_text(out / "summary.md", summary_markdown(metrics))
     return metrics
@@ -236,6 +242,18 @@ def _evaluate_task(cfg: EvalConfig, model: Any, tokenizer: Any, gen_cfg: Generat
     if cfg.answer_nll:
         task["answer_nll"] = response_nll(model, tokenizer, examples, system_prompt=gen_cfg.system_prompt)
     return task
+
+
+def _earlier_seconds(path: Path, generation_key: str) -> float:
+    """The seconds earlier evaluations of the same model and decoding spent in ``path``'s folder (whose
+    stored generations this one resumes); 0 when there were none or they were of something else."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return 0.0
+    if not isinstance(earlier, dict) or earlier.get("generation_key") != generation_key:
+        return 0.0
+    return float(earlier.get("total_wall_seconds") or earlier.get("wall_seconds") or 0.0)
 
 
 def _mean(values: list[float | None]) -> float | None:
