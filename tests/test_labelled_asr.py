@@ -120,5 +120,18 @@ def test_runs_labelled_on_the_same_prompts_are_compared_paired(tmp_path, monkeyp
     cells = [c.strip() for c in paired[0].split("|")]
     assert cells[2] == "a" and cells[5] == "8" and cells[6].startswith("12.5% [") and cells[7].startswith("75.0% [")
     assert cells[8].startswith("-62.5 [") and cells[9] == "0.062"  # exact McNemar 5 vs 0: 2 / 2^5
+    assert cells[10] == "spard"
+    # a configured pair (e.g. the pure-harmful attack's) is compared with its own baseline only
+    rows.append({"run": "other-y2", "label": "base", "attack": "b", "harmful_ratio": 0.1, "seed": 0})
+    write_run(runs, "other-y2", [0] * 10)
+    with labels.open("a", newline="") as fh:
+        csv.writer(fh).writerows([f"out/runs/other-y2/eval/generations/fam.jsonl#{i}", "test", "f" * 16, 1, "yes", ""]
+                                 for i in range(8))
+    policy.pairs = [["other", "base"]]
+    text = "\n".join(labelled_section(rows, runs, [str(labels)], {"fam": "fam.jsonl"}, None, "j", policy))
+    line = [row for row in text.split("on the same prompts (paired")[1].splitlines() if row.startswith("| base ")][0]
+    pair = [c.strip() for c in line.split("|")]
+    assert pair[2] == "b" and pair[6].startswith("100.0% [") and pair[7].startswith("0.0% [") and pair[10] == "other"
+    assert pair[9] == "0.008"  # 8 discordant, all one way: 2 / 2^8
     monkeypatch.setattr(labelled, "MIN_PAIRED", 9)
     assert "(paired" not in "\n".join(labelled_section(rows, runs, [str(labels)], {"fam": "fam.jsonl"}, None, "j", policy))

@@ -98,8 +98,9 @@ MIN_PAIRED = 20
 
 
 def paired_by_labels(rows: Sequence[dict[str, Any]], labelled_by_run: dict[str, dict[tuple[str, int], bool]],
-                     method: str) -> list[str]:
-    """``method`` against every other defense of the same grid cell (model, attack, p, seed) on the prompts
+                     method: str, pairs: Sequence[Sequence[str]] = ()) -> list[str]:
+    """``method`` against every other defense of the same grid cell (model, attack, p, seed), and each
+    ``pairs`` entry ``[method label, baseline label]`` (e.g. the pure-harmful attack's), on the prompts
     labelled in both runs (``spard judge sheet --paired`` draws them): both ASRs by labels, the paired
     difference with its bootstrap interval over those prompts, and the exact McNemar p-value. Shown for
     pairs with at least :data:`MIN_PAIRED` such prompts."""
@@ -109,25 +110,27 @@ def paired_by_labels(rows: Sequence[dict[str, Any]], labelled_by_run: dict[str, 
         return r.get("model"), r["attack"], float(r["harmful_ratio"]), r["seed"]
 
     out = []
-    for mine in (r for r in rows if r["label"] == method and r["run"] in labelled_by_run):
-        for other in rows:
-            if other["label"] == method or other["run"] not in labelled_by_run or grid_cell(other) != grid_cell(mine):
-                continue
-            a, b = labelled_by_run[mine["run"]], labelled_by_run[other["run"]]
-            shared = sorted(set(a) & set(b))
-            if len(shared) < MIN_PAIRED:
-                continue
-            block = (np.array([a[k] for k in shared], float), np.array([b[k] for k in shared], float))
-            out.append({"against": other["label"], "attack": mine["attack"], "p": f"{mine['harmful_ratio']:g}",
-                        "seed": mine["seed"], "prompts labelled in both": len(shared),
-                        f"{method} by labels": fmt_rate(rate(block[0].astype(int).tolist())),
-                        "other by labels": fmt_rate(rate(block[1].astype(int).tolist())),
-                        "difference (points)": fmt_points(paired_bootstrap([block], difference)),
-                        "McNemar p": fmt_p(mcnemar([block]))})
+    for mine_label, against in [(method, None), *((m, b) for m, b in pairs)]:
+        for mine in (r for r in rows if r["label"] == mine_label and r["run"] in labelled_by_run):
+            for other in rows:
+                if (other["label"] == mine_label or (against is not None and other["label"] != against)
+                        or other["run"] not in labelled_by_run or grid_cell(other) != grid_cell(mine)):
+                    continue
+                a, b = labelled_by_run[mine["run"]], labelled_by_run[other["run"]]
+                shared = sorted(set(a) & set(b))
+                if len(shared) < MIN_PAIRED:
+                    continue
+                block = (np.array([a[k] for k in shared], float), np.array([b[k] for k in shared], float))
+                out.append({"against": other["label"], "attack": mine["attack"], "p": f"{mine['harmful_ratio']:g}",
+                            "seed": mine["seed"], "prompts labelled in both": len(shared),
+                            "method by labels": fmt_rate(rate(block[0].astype(int).tolist())),
+                            "other by labels": fmt_rate(rate(block[1].astype(int).tolist())),
+                            "difference (points)": fmt_points(paired_bootstrap([block], difference)),
+                            "McNemar p": fmt_p(mcnemar([block])), "method": mine_label})
     if not out:
         return []
-    return [f"{method} against the other defenses by labels on the same prompts (paired; `spard judge sheet --paired`):", "",
-            pd.DataFrame(out).to_markdown(index=False), ""]
+    return [f"{method} (and the configured pairs) against the other defenses by labels on the same prompts "
+            "(paired; `spard judge sheet --paired`):", "", pd.DataFrame(out).to_markdown(index=False), ""]
 
 
 def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: Sequence[str], eval_sets: dict[str, str],
@@ -195,7 +198,7 @@ def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: S
         lines += [f"The targets' ASR ratio by human labels (p = {policy.harmful_ratio:g}; each run's labelled "
                   "responses are its own draw of prompts, so the interval is from each rate's own Jeffreys posterior; "
                   "prompts labelled in both runs are compared paired below where there are any):", "", pd.DataFrame(ratios).to_markdown(index=False), ""]
-    lines += paired_by_labels(rows, labelled_by_run, policy.method)
+    lines += paired_by_labels(rows, labelled_by_run, policy.method, getattr(policy, "pairs", ()))
     if changed_total:
         lines += [f"{changed_total} labelled responses differ from the ones on disk now and are left out.", ""]
     return lines
