@@ -25,13 +25,7 @@ from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-FIT = """
-import sys
-from spard.evaluation.judge_quality import responses_and_labels
-from spard.evaluation.judges.probe import fit_probe
-texts, labels = responses_and_labels([sys.argv[1]])
-fit_probe(texts, labels).save(sys.argv[2])
-"""
+FIT = "import sys; from spard.evaluation.judges.stacked import refit_probe; refit_probe(sys.argv[1], 'tfidf', sys.argv[2])"
 
 
 def fit_in_process(pool: str, out: Path, threads: int) -> None:

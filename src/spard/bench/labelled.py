@@ -110,7 +110,7 @@ def paired_by_labels(rows: Sequence[dict[str, Any]], labelled_by_run: dict[str, 
         return r.get("model"), r["attack"], float(r["harmful_ratio"]), r["seed"]
 
     out = []
-    for mine_label, against in [(method, None), *((m, b) for m, b in pairs)]:
+    for mine_label, against in [(method, None), *map(tuple, pairs)]:
         for mine in (r for r in rows if r["label"] == mine_label and r["run"] in labelled_by_run):
             for other in rows:
                 if (other["label"] == mine_label or (against is not None and other["label"] != against)

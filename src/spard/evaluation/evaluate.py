@@ -22,7 +22,7 @@ from typing import Any
 
 from spard.config import config_hash, to_dict
 from spard.data.records import FieldMap, load_examples
-from spard.evaluation.generation import GenerationConfig, generate_responses
+from spard.evaluation.generation import GenerationConfig, generate_responses, generation_fingerprint
 from spard.evaluation.judges import (
     LLMJudgeConfig,
     agreement,
@@ -130,7 +130,7 @@ def run_evaluation(cfg: EvalConfig, *, on_mismatch: str = "error") -> dict[str, 
             if saved:
                 logger.info("using the evaluation system prompt saved with the training run")
     model_id = model_fingerprint(cfg.model.name)
-    generation_key = config_hash({"model": model_id, "generation": to_dict(gen_cfg)})
+    generation_key = config_hash(generation_fingerprint(gen_cfg, model_id))
     earlier = _earlier_seconds(out / "metrics.json", generation_key)
     model, tokenizer = load_model(cfg.model)
     io = {"model_id": model_id, "on_mismatch": on_mismatch}

@@ -25,6 +25,8 @@ from spard.io import atomic_write, atomic_write_json
 logger = logging.getLogger(__name__)
 
 FEATURE_SETS = ("tfidf", "embedding", "tfidf+embedding")
+#: :func:`fit_probe`'s defaults, which :func:`recipe_fingerprint` assumes too
+DEFAULT_ENCODER, DEFAULT_NGRAMS, DEFAULT_C = "minilm", (1, 2), 10.0
 
 
 @dataclass
@@ -123,11 +125,11 @@ def fit_probe(
     labels: Sequence[int],
     *,
     features: str = "tfidf",
-    encoder: str = "minilm",
-    ngram_range: tuple[int, int] = (1, 2),
+    encoder: str = DEFAULT_ENCODER,
+    ngram_range: tuple[int, int] = DEFAULT_NGRAMS,
     holdout: float = 0.2,
     seed: int = 0,
-    C: float = 10.0,
+    C: float = DEFAULT_C,
 ) -> Probe:
     """Fit the probe on ``texts`` (label 1 = harmful); held-out accuracy on a ``holdout`` share goes in ``info``."""
     from sklearn.linear_model import LogisticRegression
@@ -186,11 +188,22 @@ def probe_fingerprint(directory: str | Path) -> dict[str, Any]:
     if not Probe.is_saved(directory):
         return {"judge": "probe", "weights_sha256": None}
     meta = json.loads((directory / "probe.json").read_text())
-    common = {"threshold": meta.get("threshold", 0.5), "features": meta.get("features", "tfidf")}
     if meta.get("data_sha256"):
-        return {"judge": "probe", "data_sha256": meta["data_sha256"], "C": meta.get("C"),
-                "ngram_range": meta.get("ngram_range"), "encoder": meta.get("encoder"), **common}
-    return {"judge": "probe", "weights_sha256": file_sha256(directory / "probe.safetensors"), **common}
+        return recipe_fingerprint(meta["data_sha256"], features=meta.get("features", "tfidf"), C=meta.get("C"),
+                                  ngram_range=meta.get("ngram_range"), encoder=meta.get("encoder"),
+                                  threshold=meta.get("threshold", 0.5))
+    return {"judge": "probe", "weights_sha256": file_sha256(directory / "probe.safetensors"),
+            "threshold": meta.get("threshold", 0.5), "features": meta.get("features", "tfidf")}
+
+
+def recipe_fingerprint(data_sha256: str, *, features: str = "tfidf", C: float | None = DEFAULT_C,
+                       ngram_range: Sequence[int] | None = DEFAULT_NGRAMS, encoder: str | None = DEFAULT_ENCODER,
+                       threshold: float = 0.5) -> dict[str, Any]:
+    """The fingerprint of a probe fit on data with ``data_sha256`` (:func:`fit_data_sha256`) with these
+    settings (the defaults are :func:`fit_probe`'s): what :func:`probe_fingerprint` reads back from a saved one."""
+    return {"judge": "probe", "data_sha256": data_sha256, "C": C,
+            "ngram_range": list(ngram_range) if ngram_range is not None else None, "encoder": encoder,
+            "threshold": threshold, "features": features}
 
 
 class ProbeJudge(Judge):
