@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from spard.bench.inference import paired_bootstrap, ratio
 from spard.bench.labelled import label_files, labelled_section
 from spard.evaluation.labelling import pair_sha256
 from spard.evaluation.stats import proportion_ratio_interval
@@ -112,7 +113,7 @@ def test_runs_labelled_on_the_same_prompts_are_compared_paired(tmp_path, monkeyp
     rows = [{"run": "spard-x", "label": "spard", "attack": "a", "harmful_ratio": 0.1, "seed": 0},
             {"run": "other-x", "label": "other", "attack": "a", "harmful_ratio": 0.1, "seed": 0},
             {"run": "other-y", "label": "other", "attack": "b", "harmful_ratio": 0.1, "seed": 0}]
-    policy = SimpleNamespace(baseline="sft", method="spard", harmful_ratio=0.1, asr_ratio=0.25)
+    policy = SimpleNamespace(baseline="sft", method="spard", harmful_ratio=0.1, asr_ratio=0.25, sweep_up_to=0.2)
     text = "\n".join(labelled_section(rows, runs, [str(labels)], {"fam": "fam.jsonl"}, None, "j", policy))
     section = text.split("on the same prompts (paired")[1]
     paired = [line for line in section.splitlines() if line.startswith("| other ")]
@@ -120,7 +121,37 @@ def test_runs_labelled_on_the_same_prompts_are_compared_paired(tmp_path, monkeyp
     cells = [c.strip() for c in paired[0].split("|")]
     assert cells[2] == "a" and cells[5] == "8" and cells[6].startswith("12.5% [") and cells[7].startswith("75.0% [")
     assert cells[8].startswith("-62.5 [") and cells[9] == "0.062"  # exact McNemar 5 vs 0: 2 / 2^5
-    assert cells[10] == "spard"
+    assert cells[10].startswith("0.17 [")  # 1/8 over 6/8, paired over the same prompts
+    assert cells[11] == "" and cells[12] == "spard"  # "other" is not the baseline: no target verdict
+    # against the baseline the ratio gets the target's verdict from its paired interval
+    policy.baseline = "other"
+    text = "\n".join(labelled_section(rows, runs, [str(labels)], {"fam": "fam.jsonl"}, None, "j", policy))
+    cells = [c.strip() for c in next(line for line in text.split("on the same prompts (paired")[1].splitlines()
+                                     if line.startswith("| other ")).split("|")]
+    spard_ = np.array([1.0] + [0.0] * 7)
+    other_ = np.array([1.0] * 6 + [0.0] * 2)
+    est, _, high = paired_bootstrap([(spard_, other_)], ratio)
+    assert est == pytest.approx(1 / 6) and high > est
+    assert cells[11] == ("**met**" if high <= 0.25 else "*point only*")
+    policy.asr_ratio = 0.1  # the estimate is above it: missed
+    text = "\n".join(labelled_section(rows, runs, [str(labels)], {"fam": "fam.jsonl"}, None, "j", policy))
+    assert "| ratio <= 0.1 " in text and "**missed**" in text.split("on the same prompts (paired")[1]
+    policy.sweep_up_to = 0.05  # p = 0.1 is above the checked range: reported as measured
+    text = "\n".join(labelled_section(rows, runs, [str(labels)], {"fam": "fam.jsonl"}, None, "j", policy))
+    assert "| as measured " in text.split("on the same prompts (paired")[1]
+    policy.baseline, policy.asr_ratio, policy.sweep_up_to = "sft", 0.25, 0.2
+    # no harmful label on the method's side: the interval keeps an upper end above 0 (a bootstrap gives [0, 0])
+    with labels.open("a", newline="") as fh:
+        csv.writer(fh).writerows([f"out/runs/zero-x/eval/generations/fam.jsonl#{i}", "test", "f" * 16, 1, "yes", ""]
+                                 for i in range(8))
+    write_run(runs, "zero-x", [0] * 10)
+    zero_rows = [{"run": "zero-x", "label": "spard", "attack": "a", "harmful_ratio": 0.1, "seed": 0}, rows[1]]
+    zero_policy = SimpleNamespace(baseline="other", method="spard", harmful_ratio=0.1, asr_ratio=0.25, sweep_up_to=0.2)
+    text = "\n".join(labelled_section(zero_rows, runs, [str(labels)], {"fam": "fam.jsonl"}, None, "j", zero_policy))
+    zero = [c.strip() for c in next(line for line in text.split("on the same prompts (paired")[1].splitlines()
+                                    if line.startswith("| other ")).split("|")]
+    _, low, high = proportion_ratio_interval(0, 8, 6, 8)
+    assert zero[10] == f"0.00 [{low:.2f}, {high:.2f}]" and high > 0.25 and zero[11] == "*point only*"
     # a configured pair (e.g. the pure-harmful attack's) is compared with its own baseline only
     rows.append({"run": "other-y2", "label": "base", "attack": "b", "harmful_ratio": 0.1, "seed": 0})
     write_run(runs, "other-y2", [0] * 10)
@@ -131,7 +162,14 @@ def test_runs_labelled_on_the_same_prompts_are_compared_paired(tmp_path, monkeyp
     text = "\n".join(labelled_section(rows, runs, [str(labels)], {"fam": "fam.jsonl"}, None, "j", policy))
     line = [row for row in text.split("on the same prompts (paired")[1].splitlines() if row.startswith("| base ")][0]
     pair = [c.strip() for c in line.split("|")]
-    assert pair[2] == "b" and pair[6].startswith("100.0% [") and pair[7].startswith("0.0% [") and pair[10] == "other"
+    assert pair[2] == "b" and pair[6].startswith("100.0% [") and pair[7].startswith("0.0% [") and pair[12] == "other"
+    assert pair[10] == "n/a" and pair[11] == ""  # the baseline has no harmful label: no ratio, no verdict
+    # the pair's baseline harmful on prompt 0: a ratio, as measured
+    labels.write_text(labels.read_text().replace("other-y2/eval/generations/fam.jsonl#0,test,ffffffffffffffff,1,yes",
+                                                 "other-y2/eval/generations/fam.jsonl#0,test,ffffffffffffffff,3,no"))
+    text = "\n".join(labelled_section(rows, runs, [str(labels)], {"fam": "fam.jsonl"}, None, "j", policy))
+    line = [row for row in text.split("on the same prompts (paired")[1].splitlines() if row.startswith("| base ")][0]
+    assert [c.strip() for c in line.split("|")][11] == "as measured"
     assert pair[9] == "0.008"  # 8 discordant, all one way: 2 / 2^8
     monkeypatch.setattr(labelled, "MIN_PAIRED", 9)
     assert "(paired" not in "\n".join(labelled_section(rows, runs, [str(labels)], {"fam": "fam.jsonl"}, None, "j", policy))

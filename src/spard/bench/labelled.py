@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -98,19 +99,37 @@ MIN_PAIRED = 20
 
 
 def paired_by_labels(rows: Sequence[dict[str, Any]], labelled_by_run: dict[str, dict[tuple[str, int], bool]],
-                     method: str, pairs: Sequence[Sequence[str]] = ()) -> list[str]:
-    """``method`` against every other defense of the same grid cell (model, attack, p, seed), and each
-    ``pairs`` entry ``[method label, baseline label]`` (e.g. the pure-harmful attack's), on the prompts
-    labelled in both runs (``spard judge sheet --paired`` draws them): both ASRs by labels, the paired
-    difference with its bootstrap interval over those prompts, and the exact McNemar p-value. Shown for
+                     policy: Any) -> list[str]:
+    """``policy.method`` against every other defense of the same grid cell (model, attack, p, seed), and
+    each ``policy.pairs`` entry ``[method label, baseline label]`` (e.g. the pure-harmful attack's), on the
+    prompts labelled in both runs (``spard judge sheet --paired`` draws them): both ASRs by labels, the
+    paired difference and the ratio ``ASR_method / ASR_other`` with their bootstrap intervals over those
+    prompts, and the exact McNemar p-value. Against ``policy.baseline`` at ``p <= policy.sweep_up_to`` the
+    ratio gets the target's verdict, ``ratio <= policy.asr_ratio`` at the interval's upper end (met), at
+    the estimate only (point only), or neither (missed): the targets read from labels, as the sweep's
+    table reads them from the judge; the configured pairs and larger p are "as measured". Where the
+    method has no harmful label the ratio's interval is the Jeffreys one of
+    :func:`~spard.evaluation.stats.proportion_ratio_interval` (a bootstrap would give [0, 0]). Shown for
     pairs with at least :data:`MIN_PAIRED` such prompts."""
-    from spard.bench.inference import difference, fmt_p, fmt_points, fmt_rate, mcnemar, paired_bootstrap, rate
+    from spard.bench.inference import (
+        _verdict,
+        difference,
+        fmt_p,
+        fmt_points,
+        fmt_rate,
+        fmt_ratio,
+        mcnemar,
+        paired_bootstrap,
+        rate,
+        ratio,
+    )
+    from spard.evaluation.stats import proportion_ratio_interval
 
     def grid_cell(r: dict[str, Any]) -> tuple[Any, ...]:
         return r.get("model"), r["attack"], float(r["harmful_ratio"]), r["seed"]
 
-    out = []
-    for mine_label, against in [(method, None), *map(tuple, pairs)]:
+    method, out = policy.method, []
+    for mine_label, against in [(method, None), *map(tuple, getattr(policy, "pairs", ()))]:
         for mine in (r for r in rows if r["label"] == mine_label and r["run"] in labelled_by_run):
             for other in rows:
                 if (other["label"] == mine_label or (against is not None and other["label"] != against)
@@ -121,12 +140,25 @@ def paired_by_labels(rows: Sequence[dict[str, Any]], labelled_by_run: dict[str, 
                 if len(shared) < MIN_PAIRED:
                     continue
                 block = (np.array([a[k] for k in shared], float), np.array([b[k] for k in shared], float))
+                k_mine, k_other = int(block[0].sum()), int(block[1].sum())
+                # no harmful label in ``mine``: every resample's ratio is 0, so the percentile interval would
+                # be [0, 0]; the (unpaired, wider) Jeffreys interval keeps an upper end above 0
+                est = (paired_bootstrap([block], ratio) if k_mine else
+                       proportion_ratio_interval(k_mine, len(shared), k_other, len(shared)))
+                if other["label"] != (against or policy.baseline) or math.isnan(est[0]):
+                    target = ""
+                elif against is None and float(mine["harmful_ratio"]) <= policy.sweep_up_to + 1e-9:
+                    target = _verdict(est[2] <= policy.asr_ratio, est[0] <= policy.asr_ratio)
+                else:
+                    target = "as measured"
                 out.append({"against": other["label"], "attack": mine["attack"], "p": f"{mine['harmful_ratio']:g}",
                             "seed": mine["seed"], "prompts labelled in both": len(shared),
                             "method by labels": fmt_rate(rate(block[0].astype(int).tolist())),
                             "other by labels": fmt_rate(rate(block[1].astype(int).tolist())),
                             "difference (points)": fmt_points(paired_bootstrap([block], difference)),
-                            "McNemar p": fmt_p(mcnemar([block])), "method": mine_label})
+                            "McNemar p": fmt_p(mcnemar([block])), "ASR ratio [95%]": fmt_ratio(est),
+                            f"ratio <= {policy.asr_ratio:g}": target,
+                            "method": mine_label})
     if not out:
         return []
     return [f"{method} (and the configured pairs) against the other defenses by labels on the same prompts "
@@ -198,7 +230,7 @@ def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: S
         lines += [f"The targets' ASR ratio by human labels (p = {policy.harmful_ratio:g}; each run's labelled "
                   "responses are its own draw of prompts, so the interval is from each rate's own Jeffreys posterior; "
                   "prompts labelled in both runs are compared paired below where there are any):", "", pd.DataFrame(ratios).to_markdown(index=False), ""]
-    lines += paired_by_labels(rows, labelled_by_run, policy.method, getattr(policy, "pairs", ()))
+    lines += paired_by_labels(rows, labelled_by_run, policy)
     if changed_total:
         lines += [f"{changed_total} labelled responses differ from the ones on disk now and are left out.", ""]
     return lines
