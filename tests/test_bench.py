@@ -74,7 +74,7 @@ def test_bench_runs_resumes_and_redoes_partial_runs(tiny_model_dir, toy_data, tm
         assert (out / name).exists(), name
     table = (out / "results.md").read_text()
     assert "| sft | 0.25 | 1 |" in table and "spard-closed" in table and "(ASR judge `keyword` = non-refusal rate" in table
-    assert "## Targets (judge `keyword` = non-refusal rate, not a harm judgement, attacks: toy)" in table and "spard mean ASR" in table
+    assert "## Point estimates over attacks (judge `keyword` = non-refusal rate, not a harm judgement, attacks: toy;" in table and "spard mean ASR" in table
     assert all(r["asr_mean[keyword]"] is not None and r["answer_nll"] > 0 and r["wall_seconds"] > 0 for r in rows)
     assert " min |" in table  # wall time per run
     # per-prompt outcomes were stored, so the paired section is there: intervals, differences, McNemar
@@ -448,6 +448,19 @@ def test_the_primary_judge_of_a_report_is_a_report_setting():
     assert page.index("## Targets (judge `stacked`") < page.index("## Targets (judge `probe`")
     page = markdown(rows, "t")
     assert page.index("## Targets (judge `probe`") < page.index("## Targets (judge `stacked`")
+    assert "target <= 0.25: met" in page  # 0.1 / 0.8
+
+
+def test_a_page_with_interval_targets_calls_the_mean_section_point_estimates_not_targets():
+    from spard.bench.report import markdown
+
+    rows = [{"label": label, "attack": "a", "harmful_ratio": 0.1, "seed": 0, "asr_mean[probe]": asr, "updates": 10}
+            for label, asr in (("sft", 0.4), ("spard", 0.2))]
+    page = markdown(rows, "t", inference=["## Targets with intervals (judge `probe`)", "", "table", ""])
+    assert "## Targets (judge" not in page
+    assert "## Point estimates over attacks (judge `probe`" in page
+    assert "ratio 0.50 (<= 0.25 on the estimate: no)" in page
+    assert "ratio 0.50 (target <= 0.25: not met)" in markdown(rows, "t")
 
 
 def test_a_config_extends_another_merging_sections_and_replacing_lists(tmp_path):

@@ -57,13 +57,17 @@ def with_task_gain(rows: Sequence[dict[str, Any]], starts: Sequence[dict[str, An
     return out
 
 
-def targets(rows: Sequence[dict[str, Any]], judge: str, policy: TargetsConfig | None = None) -> list[str]:
+def targets(rows: Sequence[dict[str, Any]], judge: str, policy: TargetsConfig | None = None, *,
+            intervals_above: bool = False) -> list[str]:
     """The headline check of ``policy`` (a :class:`TargetsConfig`; by default the paper's: SPARD's mean
     ASR over the attacks against SFT's, target ratio 0.25) and against every other defense.
 
     Compares mean ASR over the attacks on which both the baseline and the method ran (harmful ratio > 0), and the
     task metrics (accuracy in points, answer NLL) on the same runs. Ablations (a defense under another
     label) are left out of "lowest"; per attack, the lowest defense is named among all that ran on it.
+    ``intervals_above``: the page checks the targets on intervals already
+    (:func:`spard.bench.inference.inference_section`), so this section is titled and worded as the
+    point estimates it is (mean of per-attack means, every p pooled), not as a second verdict.
     """
     policy = policy or TargetsConfig()
     base, method = policy.baseline, policy.method
@@ -76,10 +80,17 @@ def targets(rows: Sequence[dict[str, Any]], judge: str, policy: TargetsConfig | 
     defenses = sorted(label for label in asr if label not in ablations)
     mean = {label: statistics.fmean([asr[label][a] for a in attacks])
             for label in defenses if all(a in asr[label] for a in attacks)}
-    lines = [f"## Targets ({judge_note(judge)}, attacks: {', '.join(attacks)})", ""]
+    if intervals_above:
+        lines = [f"## Point estimates over attacks ({judge_note(judge)}, attacks: {', '.join(attacks)}; "
+                 "means of per-attack means, no intervals: the targets are checked on intervals above)", ""]
+    else:
+        lines = [f"## Targets ({judge_note(judge)}, attacks: {', '.join(attacks)})", ""]
     ratio = mean[method] / mean[base] if mean[base] else float("nan")
+    under = ratio <= policy.asr_ratio
+    check = (f"<= {policy.asr_ratio:g} on the estimate: {'yes' if under else 'no'}" if intervals_above
+             else f"target <= {policy.asr_ratio:g}: {'met' if under else 'not met'}")
     lines.append(f"- {method} mean ASR {_fmt(mean[method], pct=True)} vs {base} {_fmt(mean[base], pct=True)}: "
-                 f"ratio {ratio:.2f} (target <= {policy.asr_ratio:g}: {'met' if ratio <= policy.asr_ratio else 'not met'})")
+                 f"ratio {ratio:.2f} ({check})")
     if len(mean) > 1:
         lines.append(f"- lowest ASR among defenses run on the same attacks: {', '.join(lowest(mean))} "
                      f"({', '.join(f'{k} {_fmt(v, pct=True)}' for k, v in sorted(mean.items(), key=lambda kv: kv[1]))})")
@@ -130,7 +141,7 @@ def markdown(rows: Sequence[dict[str, Any]], title: str, starts: Sequence[dict[s
                   f"(sha256 {', '.join(shas)}); compare runs that share one (column `start_model` in results.csv).", ""]
     lines += list(inference)
     for judge in judges:
-        lines += targets(rows, judge, policy)
+        lines += targets(rows, judge, policy, intervals_above=bool(inference))
     for judge in judges_in(starts, primary):
         lines += start_table(starts, judge)
     lines += over_refusal_table(rows, starts)
