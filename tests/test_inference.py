@@ -24,6 +24,7 @@ from spard.bench.inference import (
     sweep_target_lines,
     target_lines,
     task_gain_lines,
+    variant_frame,
     worst_case_frame,
 )
 
@@ -222,3 +223,25 @@ def test_over_refusal_is_compared_paired_where_the_runs_kept_it_per_prompt():
     assert table.loc["spard", "over-refusal minus sft, points"].startswith("+50.0 [")
     assert table.loc["spard", "over-refusal: McNemar p"] == "< 0.001"
     assert table["over-refusal"].isna()["lisa"]  # lisa's run kept no per-prompt refusals
+
+
+def test_variants_are_compared_with_their_own_defense_on_the_cells_both_ran():
+    rows, items = [], {}
+    # spard on seeds 0-2; spard-random (selection.method random) on seeds 0-1, harmful on 30 prompts more;
+    # spard-harmful-only at p = 1 shares no cell with spard; lisa-x is a variant of a defense that did not run
+    for label, defense, seeds, p, harm, acc in (("spard", "spard", (0, 1, 2), 0.1, 10, 80),
+                                                ("spard-random", "spard", (0, 1), 0.1, 40, 79),
+                                                ("spard-harmful-only", "spard", (0,), 1.0, 50, 60),
+                                                ("lisa-x", "lisa", (0,), 0.1, 5, 70)):
+        for seed in seeds:
+            run = f"{label}-{seed}"
+            rows.append({"label": label, "defense": defense, "attack": "bt", "harmful_ratio": p, "seed": seed, "run": run})
+            items[run] = RunItems({"probe": outcomes(harm, 100)}, outcomes(acc, 100), None, outcomes(harm // 2, 50))
+    table = variant_frame(runs_frame(rows), items, "probe").set_index("variant")
+    assert list(table.index) == ["spard-random"]
+    row = table.loc["spard-random"]
+    assert row["against"] == "spard" and row["cells"] == 2  # seed 2 of spard has no partner
+    assert row["ASR"].startswith("40.0% [") and row["its defense's ASR"].startswith("10.0% [")
+    assert row["ASR difference, points"].startswith("+30.0 [") and row["ASR: McNemar p"] == "< 0.001"
+    assert row["accuracy difference, points"].startswith("-1.0 [") and row["accuracy: McNemar p"] == "0.500"  # 2 discordant, one way
+    assert row["over-refusal difference, points"].startswith("+30.0 [")  # 20 of 50 against 5 of 50

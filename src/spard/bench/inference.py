@@ -268,6 +268,35 @@ def comparison_frame(frame: pd.DataFrame, items: dict[str, RunItems], judge: str
     return pd.DataFrame(out)
 
 
+def variant_frame(frame: pd.DataFrame, items: dict[str, RunItems], judge: str) -> pd.DataFrame:
+    """Every variant (a label that is not its defense's name: an ablation such as random selection, the
+    authors' SPAG setting, 3x the updates) against its own defense on the cells (attack, p, seed) both
+    ran, paired over the same prompts with seeds resampled (:func:`compare`): ASR and task accuracy of
+    each, the difference with its interval and McNemar's p, and the difference in over-refusal of benign
+    prompts where the runs kept it per prompt. Variants that share no cell with their
+    defense (e.g. the pure-harmful attack at p = 1) are left out."""
+    out = []
+    labels = set(frame["label"])
+    variants = frame.loc[(frame["label"] != frame["defense"]) & frame["defense"].isin(labels), ["label", "defense"]]
+    for label, defense in sorted(set(map(tuple, variants.to_numpy()))):
+        mine, theirs = cells(frame, label), cells(frame, defense)
+        harm = compare(items, mine, theirs, "harm", judge)
+        if harm is None:
+            continue
+        row: dict[str, Any] = {"variant": label, "against": defense, "cells": harm.runs,
+                               "ASR": fmt_rate(harm.value), "its defense's ASR": fmt_rate(harm.base_value),
+                               "ASR difference, points": fmt_points(harm.diff), "ASR: McNemar p": fmt_p(harm.p_value)}
+        task = compare(items, mine, theirs, "task")
+        if task is not None:
+            row.update({"accuracy": fmt_rate(task.value), "its defense's accuracy": fmt_rate(task.base_value),
+                        "accuracy difference, points": fmt_points(task.diff), "accuracy: McNemar p": fmt_p(task.p_value)})
+        refusal = compare(items, mine, theirs, "refusal")
+        if refusal is not None:
+            row["over-refusal difference, points"] = fmt_points(refusal.diff)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
 def target_lines(frame: pd.DataFrame, items: dict[str, RunItems], judge: str, policy: Any) -> list[str]:
     """The claims of ``policy`` (a TargetsConfig) with intervals: per attack and pooled, ``method``'s ASR
     ratio to ``baseline``'s (met when the interval's upper end is <= ``asr_ratio``) and its accuracy
@@ -456,6 +485,11 @@ def inference_section(rows: Sequence[dict[str, Any]], runs_dir: Path, judge: str
     if len(table) > 1:
         lines += [f"## Every defense against {policy.baseline} at p = {policy.harmful_ratio:g} (judge `{judge}`; "
                   "95% intervals; paired over the cells both ran)", "", table.fillna("").to_markdown(index=False), ""]
+    variants = variant_frame(frame, items, judge)
+    if not variants.empty:
+        lines += [f"## Variants against their own defense (judge `{judge}`; paired over the cells both ran, seeds "
+                  "resampled)", "",
+                  variants.fillna("").to_markdown(index=False), ""]
     worst = worst_case_frame(frame, items, judge, policy)
     if not worst.empty:
         lines += [f"## Worst case over attack settings at <= {100 * policy.accuracy_loss:g} points accuracy loss against "
