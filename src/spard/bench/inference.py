@@ -280,20 +280,23 @@ def variant_frame(frame: pd.DataFrame, items: dict[str, RunItems], judge: str) -
     variants = frame.loc[(frame["label"] != frame["defense"]) & frame["defense"].isin(labels), ["label", "defense"]]
     for label, defense in sorted(set(map(tuple, variants.to_numpy()))):
         mine, theirs = cells(frame, label), cells(frame, defense)
-        harm = compare(items, mine, theirs, "harm", judge)
-        if harm is None:
-            continue
-        row: dict[str, Any] = {"variant": label, "against": defense, "cells": harm.runs,
-                               "ASR": fmt_rate(harm.value), "its defense's ASR": fmt_rate(harm.base_value),
-                               "ASR difference, points": fmt_points(harm.diff), "ASR: McNemar p": fmt_p(harm.p_value)}
-        task = compare(items, mine, theirs, "task")
-        if task is not None:
-            row.update({"accuracy": fmt_rate(task.value), "its defense's accuracy": fmt_rate(task.base_value),
-                        "accuracy difference, points": fmt_points(task.diff), "accuracy: McNemar p": fmt_p(task.p_value)})
-        refusal = compare(items, mine, theirs, "refusal")
-        if refusal is not None:
-            row["over-refusal difference, points"] = fmt_points(refusal.diff)
-        out.append(row)
+        row: dict[str, Any] = {"variant": label, "against": defense}
+        # over-refusal: the difference only (its rates are in the table against the baseline)
+        for measure, name, full in (("harm", "ASR", True), ("task", "accuracy", True), ("refusal", "over-refusal", False)):
+            c = compare(items, mine, theirs, measure, judge)
+            if c is None:
+                if measure == "harm":
+                    break
+                continue
+            if measure == "harm":
+                row["cells"] = c.runs
+            if full:
+                row.update({name: fmt_rate(c.value), f"its defense's {name}": fmt_rate(c.base_value)})
+            row[f"{name} difference, points"] = fmt_points(c.diff)
+            if full:
+                row[f"{name}: McNemar p"] = fmt_p(c.p_value)
+        if "cells" in row:
+            out.append(row)
     return pd.DataFrame(out)
 
 
@@ -318,7 +321,7 @@ def target_lines(frame: pd.DataFrame, items: dict[str, RunItems], judge: str, po
         row = {"attack": attack or "**all (pooled)**", "cells": harm.runs,
                f"{method} ASR": fmt_rate(harm.value), f"{base} ASR": fmt_rate(harm.base_value),
                "ASR ratio [95%]": fmt_ratio(harm.ratio),
-               f"ratio <= {policy.asr_ratio:g}": _verdict(harm.ratio[2] <= policy.asr_ratio, harm.ratio[0] <= policy.asr_ratio)}
+               f"ratio <= {policy.asr_ratio:g}": ratio_verdict(harm.ratio, policy.asr_ratio)}
         if task is not None:
             margin = -policy.accuracy_margin
             row["accuracy difference, points"] = fmt_points(task.diff)
@@ -334,6 +337,17 @@ def target_lines(frame: pd.DataFrame, items: dict[str, RunItems], judge: str, po
 
 def _verdict(interval_ok: bool, point_ok: bool) -> str:
     return "**met**" if interval_ok else ("*point only*" if point_ok else "**missed**")
+
+
+def ratio_verdict(ratio_: tuple[float, float, float], limit: float) -> str:
+    """``ratio <= limit`` for ``(estimate, low, high)``: met at the interval's upper end, point only at the estimate."""
+    return _verdict(ratio_[2] <= limit, ratio_[0] <= limit)
+
+
+def sweep_checks(policy: Any, p: float) -> bool:
+    """Whether the sweep's target is checked at harmful ratio ``p`` (up to ``policy.sweep_up_to``); above it the
+    ratio is reported as measured."""
+    return float(p) <= policy.sweep_up_to + 1e-9
 
 
 def lowest_lines(frame: pd.DataFrame, items: dict[str, RunItems], judge: str, policy: Any) -> list[str]:
@@ -387,11 +401,10 @@ def sweep_target_lines(frame: pd.DataFrame, items: dict[str, RunItems], judge: s
             continue
         for p, harm in shown:
             task = compare(items, cells(frame, mine, p, attack), cells(frame, base, p, attack), "task")
-            checked = n == 0 and p <= policy.sweep_up_to + 1e-9
+            checked = n == 0 and sweep_checks(policy, p)
             rows.append({"pair": f"{mine} / {base}", "p": f"{p:g}", "cells": harm.runs, "method ASR": fmt_rate(harm.value),
                          "baseline ASR": fmt_rate(harm.base_value), "ASR ratio [95%]": fmt_ratio(harm.ratio),
-                         f"ratio <= {policy.asr_ratio:g}": _verdict(harm.ratio[2] <= policy.asr_ratio, harm.ratio[0] <= policy.asr_ratio)
-                         if checked else "as measured",
+                         f"ratio <= {policy.asr_ratio:g}": ratio_verdict(harm.ratio, policy.asr_ratio) if checked else "as measured",
                          "accuracy difference, points": fmt_points(task.diff) if task is not None else "n/a"})
     if not rows:
         return []

@@ -112,7 +112,6 @@ def paired_by_labels(rows: Sequence[dict[str, Any]], labelled_by_run: dict[str, 
     :func:`~spard.evaluation.stats.proportion_ratio_interval` (a bootstrap would give [0, 0]). Shown for
     pairs with at least :data:`MIN_PAIRED` such prompts."""
     from spard.bench.inference import (
-        _verdict,
         difference,
         fmt_p,
         fmt_points,
@@ -122,6 +121,8 @@ def paired_by_labels(rows: Sequence[dict[str, Any]], labelled_by_run: dict[str, 
         paired_bootstrap,
         rate,
         ratio,
+        ratio_verdict,
+        sweep_checks,
     )
     from spard.evaluation.stats import proportion_ratio_interval
 
@@ -147,8 +148,8 @@ def paired_by_labels(rows: Sequence[dict[str, Any]], labelled_by_run: dict[str, 
                        proportion_ratio_interval(k_mine, len(shared), k_other, len(shared)))
                 if other["label"] != (against or policy.baseline) or math.isnan(est[0]):
                     target = ""
-                elif against is None and float(mine["harmful_ratio"]) <= policy.sweep_up_to + 1e-9:
-                    target = _verdict(est[2] <= policy.asr_ratio, est[0] <= policy.asr_ratio)
+                elif against is None and sweep_checks(policy, mine["harmful_ratio"]):
+                    target = ratio_verdict(est, policy.asr_ratio)
                 else:
                     target = "as measured"
                 out.append({"against": other["label"], "attack": mine["attack"], "p": f"{mine['harmful_ratio']:g}",
@@ -169,7 +170,7 @@ def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: S
                      harmful_limit: int | None, judge: str, policy: Any, starts: Sequence[dict[str, Any]] = ()) -> list[str]:
     """The report's "ASR by human labels" section (empty when no run has labelled responses); ``starts``:
     the start models' rows, evaluated where :func:`spard.bench.runner.start_eval_dir` puts them."""
-    from spard.bench.inference import _verdict, fmt_rate, fmt_ratio, rate, run_items
+    from spard.bench.inference import fmt_rate, fmt_ratio, rate, ratio_verdict, run_items
     from spard.bench.runner import start_eval_dir
     from spard.data.records import FieldMap, load_examples
     from spard.evaluation.stats import proportion_ratio_interval, rate_with_interval
@@ -225,7 +226,7 @@ def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: S
                        f"{policy.method} by labels": fmt_rate(rate_with_interval(int(a.sum()), len(a))),
                        f"{policy.baseline} by labels": fmt_rate(rate_with_interval(int(b.sum()), len(b))),
                        "ratio [95%]": fmt_ratio(est),
-                       f"ratio <= {policy.asr_ratio:g}": _verdict(est[2] <= policy.asr_ratio, est[0] <= policy.asr_ratio)})
+                       f"ratio <= {policy.asr_ratio:g}": ratio_verdict(est, policy.asr_ratio)})
     if ratios:
         lines += [f"The targets' ASR ratio by human labels (p = {policy.harmful_ratio:g}; each run's labelled "
                   "responses are its own draw of prompts, so the interval is from each rate's own Jeffreys posterior; "
