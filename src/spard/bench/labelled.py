@@ -41,6 +41,7 @@ class LabelledItem:
     position: int
     harmful: bool
     split: str = "test"
+    refused: bool = False
 
 
 def label_files(patterns: Sequence[str]) -> list[Path]:
@@ -55,13 +56,14 @@ def label_files(patterns: Sequence[str]) -> list[Path]:
     return sorted(files)
 
 
-def labels_by_eval_dir(labels: Sequence[Label], harmful_sets: Sequence[str]) -> dict[Path, list[tuple[str, str, Label]]]:
-    """The labels of responses to harmful prompts, parsed once and grouped by the (resolved) evaluation
-    directory whose generations they label: ``{eval dir: [(prompt set, row id, label)]}``."""
+def labels_by_eval_dir(labels: Sequence[Label], sets: Sequence[str]) -> dict[Path, list[tuple[str, str, Label]]]:
+    """The labels of responses to the prompt sets ``sets`` (generation file stems: ``beavertails``,
+    ``benign.xstest_safe``), parsed once and grouped by the (resolved) evaluation directory whose
+    generations they label: ``{eval dir: [(prompt set, row id, label)]}``."""
     out: dict[Path, list[tuple[str, str, Label]]] = {}
     for label in labels:
         m = _ITEM.match(label.item)
-        if m and m["set"] in harmful_sets:
+        if m and m["set"] in sets:
             out.setdefault(Path(m["dir"]).resolve(), []).append((m["set"], m["id"], label))
     return out
 
@@ -85,7 +87,7 @@ def labelled_items(labelled: Sequence[tuple[str, str, Label]], positions: dict[s
         if sha is not None and sha != label.pair_sha256:
             changed += 1
             continue
-        out.append(LabelledItem(family, position, label.harmful, label.split))
+        out.append(LabelledItem(family, position, label.harmful, label.split, label.refused))
     return out, changed
 
 
@@ -99,7 +101,7 @@ MIN_PAIRED = 20
 
 
 def paired_by_labels(rows: Sequence[dict[str, Any]], labelled_by_run: dict[str, dict[tuple[str, int], bool]],
-                     policy: Any) -> list[str]:
+                     policy: Any, measure: str = "ASR") -> list[str]:
     """``policy.method`` against every other defense of the same grid cell (model, attack, p, seed), and
     each ``policy.pairs`` entry ``[method label, baseline label]`` (e.g. the pure-harmful attack's), on the
     prompts labelled in both runs (``spard judge sheet --paired`` draws them): both ASRs by labels, the
@@ -110,7 +112,9 @@ def paired_by_labels(rows: Sequence[dict[str, Any]], labelled_by_run: dict[str, 
     table reads them from the judge; the configured pairs and larger p are "as measured". Where the
     method has no harmful label the ratio's interval is the Jeffreys one of
     :func:`~spard.evaluation.stats.proportion_ratio_interval` (a bootstrap would give [0, 0]). Shown for
-    pairs with at least :data:`MIN_PAIRED` such prompts."""
+    pairs with at least :data:`MIN_PAIRED` such prompts. Another ``measure`` (``labelled_by_run`` then
+    holds e.g. the refused labels of benign prompts) gets the rates, difference and McNemar only: the
+    ratio and its target are the ASR's."""
     from spard.bench.inference import (
         difference,
         fmt_p,
@@ -141,6 +145,15 @@ def paired_by_labels(rows: Sequence[dict[str, Any]], labelled_by_run: dict[str, 
                 if len(shared) < MIN_PAIRED:
                     continue
                 block = (np.array([a[k] for k in shared], float), np.array([b[k] for k in shared], float))
+                row = {"against": other["label"], "attack": mine["attack"], "p": f"{mine['harmful_ratio']:g}",
+                       "seed": mine["seed"], "prompts labelled in both": len(shared),
+                       "method by labels": fmt_rate(rate(block[0].astype(int).tolist())),
+                       "other by labels": fmt_rate(rate(block[1].astype(int).tolist())),
+                       "difference (points)": fmt_points(paired_bootstrap([block], difference)),
+                       "McNemar p": fmt_p(mcnemar([block]))}
+                if measure != "ASR":
+                    out.append({**row, "method": mine_label})
+                    continue
                 k_mine, k_other = int(block[0].sum()), int(block[1].sum())
                 # no harmful label in ``mine``: every resample's ratio is 0, so the percentile interval would
                 # be [0, 0]; the (unpaired, wider) Jeffreys interval keeps an upper end above 0
@@ -152,35 +165,35 @@ def paired_by_labels(rows: Sequence[dict[str, Any]], labelled_by_run: dict[str, 
                     target = ratio_verdict(est, policy.asr_ratio)
                 else:
                     target = "as measured"
-                out.append({"against": other["label"], "attack": mine["attack"], "p": f"{mine['harmful_ratio']:g}",
-                            "seed": mine["seed"], "prompts labelled in both": len(shared),
-                            "method by labels": fmt_rate(rate(block[0].astype(int).tolist())),
-                            "other by labels": fmt_rate(rate(block[1].astype(int).tolist())),
-                            "difference (points)": fmt_points(paired_bootstrap([block], difference)),
-                            "McNemar p": fmt_p(mcnemar([block])), "ASR ratio [95%]": fmt_ratio(est),
-                            f"ratio <= {policy.asr_ratio:g}": target,
+                out.append({**row, "ASR ratio [95%]": fmt_ratio(est), f"ratio <= {policy.asr_ratio:g}": target,
                             "method": mine_label})
     if not out:
         return []
     return [f"{method} (and the configured pairs) against the other defenses by labels on the same prompts "
-            "(paired; `spard judge sheet --paired`):", "", pd.DataFrame(out).to_markdown(index=False), ""]
+            f"({measure}, paired; `spard judge sheet --paired`):", "", pd.DataFrame(out).to_markdown(index=False), ""]
 
 
-def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: Sequence[str], eval_sets: dict[str, str],
-                     harmful_limit: int | None, judge: str, policy: Any, starts: Sequence[dict[str, Any]] = ()) -> list[str]:
-    """The report's "ASR by human labels" section (empty when no run has labelled responses); ``starts``:
-    the start models' rows, evaluated where :func:`spard.bench.runner.start_eval_dir` puts them."""
-    from spard.bench.inference import fmt_rate, fmt_ratio, rate, ratio_verdict, run_items
-    from spard.bench.runner import start_eval_dir
+def set_positions(sets: dict[str, str], limit: int | None) -> dict[str, dict[str, int]]:
+    """Each prompt set's (``{set name: file}``) prompt id -> its place in evaluation order (the first
+    ``limit`` rows, as the evaluation reads them); files not on disk are left out."""
     from spard.data.records import FieldMap, load_examples
-    from spard.evaluation.stats import proportion_ratio_interval, rate_with_interval
 
-    positions = {name: {e.id: i for i, e in enumerate(load_examples(path, FieldMap(target=None), limit=harmful_limit))}
-                 for name, path in eval_sets.items() if Path(path).is_file()}
-    by_dir = labels_by_eval_dir([label for path in label_files(patterns) for label in load_labels(path)], list(positions))
+    return {name: {e.id: i for i, e in enumerate(load_examples(path, FieldMap(target=None), limit=limit))}
+            for name, path in sets.items() if Path(path).is_file()}
+
+
+def labelled_evaluations(rows: Sequence[dict[str, Any]], runs_dir: Path, labels: Sequence[Label],
+                         positions: dict[str, dict[str, int]], starts: Sequence[dict[str, Any]] = ()
+                         ) -> tuple[list[tuple[dict[str, Any], list[LabelledItem], dict[str, Any]]], int]:
+    """The evaluations (start models first, then ``rows``' runs) with labelled responses in the prompt sets
+    of ``positions``: ``[(row, labelled items, metrics)]``, and how many labels were left out because the
+    response changed since (:func:`labelled_items`)."""
+    from spard.bench.runner import start_eval_dir
+
+    by_dir = labels_by_eval_dir(labels, list(positions))
+    out, changed_total = [], 0
     if not by_dir:
-        return []
-    table, harmful_by_run, labelled_by_run, changed_total = [], {}, {}, 0
+        return out, changed_total
     evaluated = [(start_eval_dir(runs_dir.parent, r["model"]), {**r, "label": f"start: {r['model']}", "attack": "-"})
                  for r in starts] + [(runs_dir / r["run"] / "eval", r) for r in rows]
     for eval_dir, r in evaluated:
@@ -189,9 +202,28 @@ def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: S
             continue
         items, changed = labelled_items(by_dir[eval_dir.resolve()], positions)
         changed_total += changed
-        if not items:
-            continue
-        metrics = json.loads(metrics_path.read_text())
+        if items:
+            out.append((r, items, json.loads(metrics_path.read_text())))
+    return out, changed_total
+
+
+def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: Sequence[str], eval_sets: dict[str, str],
+                     harmful_limit: int | None, judge: str, policy: Any, starts: Sequence[dict[str, Any]] = (),
+                     benign_sets: dict[str, str] | None = None, benign_limit: int | None = None) -> list[str]:
+    """The report's "ASR by human labels" section and, for the benign prompt sets ``benign_sets``
+    (``{generation file stem: file}``, e.g. ``benign.xstest_safe``), its "Over-refusal by human labels"
+    section (:func:`refusal_section`); empty when no run has labelled responses. ``starts``: the start
+    models' rows, evaluated where :func:`spard.bench.runner.start_eval_dir` puts them."""
+    from spard.bench.inference import fmt_rate, fmt_ratio, rate, ratio_verdict, run_items
+    from spard.evaluation.stats import proportion_ratio_interval, rate_with_interval
+
+    labels = [label for path in label_files(patterns) for label in load_labels(path)]
+    evaluations, changed_total = labelled_evaluations(rows, runs_dir, labels, set_positions(eval_sets, harmful_limit), starts)
+    refusal = refusal_section(rows, runs_dir, labels, benign_sets or {}, benign_limit, policy, starts)
+    if not evaluations:
+        return refusal
+    table, harmful_by_run, labelled_by_run = [], {}, {}
+    for r, items, metrics in evaluations:
         verdicts = judge_verdicts(metrics, judge, items)
         truth = [int(it.harmful) for it in items]
         scored = [(v, t) for v, t in zip(verdicts, truth, strict=True) if v is not None]
@@ -204,8 +236,6 @@ def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: S
                       f"`{judge}` on the same responses": fmt_rate(rate_with_interval(sum(v for v, _ in scored), len(scored))),
                       "agreement": fmt_rate(rate_with_interval(sum(v == t for v, t in scored), len(scored))),
                       f"`{judge}` on every prompt": fmt_rate(rate(run_items(metrics).harm[judge]))})
-    if not table:
-        return []
     lines = [f"## ASR by human labels (responses to harmful prompts labelled by hand; `{judge}` beside them)", "",
              pd.DataFrame(table).to_markdown(index=False), "",
              "A judge fit on dev labels has seen those responses: its agreement on them is in-sample.", ""]
@@ -234,4 +264,39 @@ def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: S
     lines += paired_by_labels(rows, labelled_by_run, policy)
     if changed_total:
         lines += [f"{changed_total} labelled responses differ from the ones on disk now and are left out.", ""]
+    return lines + refusal
+
+
+def refusal_section(rows: Sequence[dict[str, Any]], runs_dir: Path, labels: Sequence[Label], benign_sets: dict[str, str],
+                    benign_limit: int | None, policy: Any, starts: Sequence[dict[str, Any]] = ()) -> list[str]:
+    """"Over-refusal by human labels": for each evaluation with labelled responses to benign prompts, the
+    share the labels call refused (Wilson 95%) beside the keyword refusal rule's verdicts on the same
+    responses (the rule every over-refusal in the report uses), their agreement, and the rule on every
+    benign prompt; then :func:`paired_by_labels` on the refused labels (method against the other defenses
+    of its grid cell on the same benign prompts). Empty without such labels."""
+    from spard.bench.inference import fmt_rate, rate
+    from spard.evaluation.stats import rate_with_interval
+
+    evaluations, changed = labelled_evaluations(rows, runs_dir, labels, set_positions(benign_sets, benign_limit), starts)
+    table, refused_by_run = [], {}
+    for r, items, metrics in evaluations:
+        # the rule's per-prompt verdicts, per benign set (``over_refusal.<set>.items``; older runs kept none)
+        stored = {name: r_.get("items") for name, r_ in metrics.get("over_refusal", {}).items()}
+        per_set = [stored.get(it.family.removeprefix("benign.")) for it in items]
+        rule = [None if verdicts is None else verdicts[it.position] for it, verdicts in zip(items, per_set, strict=True)]
+        scored = [(v, int(it.refused)) for v, it in zip(rule, items, strict=True) if v is not None]
+        refused_by_run[r["run"]] = {(it.family, it.position): it.refused for it in items}
+        table.append({"defense": r["label"], "attack": r["attack"], "p": f"{r['harmful_ratio']:g}",
+                      "seed": r["seed"] if r["seed"] is not None else "-", "labelled": len(items),
+                      "refused by labels": fmt_rate(rate_with_interval(sum(it.refused for it in items), len(items))),
+                      "keyword rule on the same responses": fmt_rate(rate_with_interval(sum(v for v, _ in scored), len(scored))),
+                      "agreement": fmt_rate(rate_with_interval(sum(v == t for v, t in scored), len(scored))),
+                      "keyword rule on every benign prompt": fmt_rate(rate([v for vs in stored.values() for v in vs or []]))})
+    if not table:
+        return []
+    lines = ["## Over-refusal by human labels (responses to benign prompts labelled refused or not; the keyword "
+             "refusal rule beside them)", "", pd.DataFrame(table).to_markdown(index=False), ""]
+    lines += paired_by_labels(rows, refused_by_run, policy, measure="over-refusal")
+    if changed:
+        lines += [f"{changed} labelled responses differ from the ones on disk now and are left out.", ""]
     return lines
