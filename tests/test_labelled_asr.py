@@ -200,7 +200,7 @@ def test_benign_labels_give_over_refusal_by_labels_beside_the_keyword_rule_and_p
             {"run": "sft-x", "label": "sft", "attack": "a", "harmful_ratio": 0.1, "seed": 0}]
     policy = SimpleNamespace(baseline="sft", method="spard", harmful_ratio=0.1, asr_ratio=0.25, sweep_up_to=0.2)
     text = "\n".join(labelled_section(rows, runs, [str(labels)], {"fam": "fam.jsonl"}, None, "j", policy,
-                                      benign_sets={"benign.safe": "safe.jsonl"}))
+                                      benign_sets={"safe": "safe.jsonl"}))
     assert "## ASR by human labels" not in text  # no harmful-prompt labels
     section = text.split("## Over-refusal by human labels")[1]
     spard_row = [c.strip() for c in next(x for x in section.splitlines() if x.startswith("| spard ")).split("|")]

@@ -280,23 +280,19 @@ def variant_frame(frame: pd.DataFrame, items: dict[str, RunItems], judge: str) -
     variants = frame.loc[(frame["label"] != frame["defense"]) & frame["defense"].isin(labels), ["label", "defense"]]
     for label, defense in sorted(set(map(tuple, variants.to_numpy()))):
         mine, theirs = cells(frame, label), cells(frame, defense)
-        row: dict[str, Any] = {"variant": label, "against": defense}
+        harm = compare(items, mine, theirs, "harm", judge)
+        if harm is None:
+            continue
+        row: dict[str, Any] = {"variant": label, "against": defense, "cells": harm.runs}
+        for name, c in (("ASR", harm), ("accuracy", compare(items, mine, theirs, "task"))):
+            if c is not None:
+                row.update({name: fmt_rate(c.value), f"its defense's {name}": fmt_rate(c.base_value),
+                            f"{name} difference, points": fmt_points(c.diff), f"{name}: McNemar p": fmt_p(c.p_value)})
         # over-refusal: the difference only (its rates are in the table against the baseline)
-        for measure, name, full in (("harm", "ASR", True), ("task", "accuracy", True), ("refusal", "over-refusal", False)):
-            c = compare(items, mine, theirs, measure, judge)
-            if c is None:
-                if measure == "harm":
-                    break
-                continue
-            if measure == "harm":
-                row["cells"] = c.runs
-            if full:
-                row.update({name: fmt_rate(c.value), f"its defense's {name}": fmt_rate(c.base_value)})
-            row[f"{name} difference, points"] = fmt_points(c.diff)
-            if full:
-                row[f"{name}: McNemar p"] = fmt_p(c.p_value)
-        if "cells" in row:
-            out.append(row)
+        refusal = compare(items, mine, theirs, "refusal")
+        if refusal is not None:
+            row["over-refusal difference, points"] = fmt_points(refusal.diff)
+        out.append(row)
     return pd.DataFrame(out)
 
 

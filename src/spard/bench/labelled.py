@@ -211,17 +211,25 @@ def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: S
                      harmful_limit: int | None, judge: str, policy: Any, starts: Sequence[dict[str, Any]] = (),
                      benign_sets: dict[str, str] | None = None, benign_limit: int | None = None) -> list[str]:
     """The report's "ASR by human labels" section and, for the benign prompt sets ``benign_sets``
-    (``{generation file stem: file}``, e.g. ``benign.xstest_safe``), its "Over-refusal by human labels"
+    (``{set name: file}``, the names ``metrics["over_refusal"]`` uses), its "Over-refusal by human labels"
     section (:func:`refusal_section`); empty when no run has labelled responses. ``starts``: the start
     models' rows, evaluated where :func:`spard.bench.runner.start_eval_dir` puts them."""
     from spard.bench.inference import fmt_rate, fmt_ratio, rate, ratio_verdict, run_items
+    from spard.evaluation.evaluate import benign_generations_stem
     from spard.evaluation.stats import proportion_ratio_interval, rate_with_interval
 
+    harmful = set_positions(eval_sets, harmful_limit)
+    benign = {benign_generations_stem(name): name for name in benign_sets or {}}
+    positions = {**harmful, **set_positions({benign_generations_stem(n): f for n, f in (benign_sets or {}).items()}, benign_limit)}
     labels = [label for path in label_files(patterns) for label in load_labels(path)]
-    evaluations, changed_total = labelled_evaluations(rows, runs_dir, labels, set_positions(eval_sets, harmful_limit), starts)
-    refusal = refusal_section(rows, runs_dir, labels, benign_sets or {}, benign_limit, policy, starts)
+    evaluations, changed_total = labelled_evaluations(rows, runs_dir, labels, positions, starts)
+    changed_lines = ([f"{changed_total} labelled responses differ from the ones on disk now and are left out.", ""]
+                     if changed_total else [])
+    refusal = refusal_section(rows, [(r, [it for it in items if it.family in benign], m) for r, items, m in evaluations],
+                              benign, policy)
+    evaluations = [(r, kept, m) for r, items, m in evaluations if (kept := [it for it in items if it.family in harmful])]
     if not evaluations:
-        return refusal
+        return refusal + changed_lines
     table, harmful_by_run, labelled_by_run = [], {}, {}
     for r, items, metrics in evaluations:
         verdicts = judge_verdicts(metrics, judge, items)
@@ -262,41 +270,38 @@ def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: S
                   "responses are its own draw of prompts, so the interval is from each rate's own Jeffreys posterior; "
                   "prompts labelled in both runs are compared paired below where there are any):", "", pd.DataFrame(ratios).to_markdown(index=False), ""]
     lines += paired_by_labels(rows, labelled_by_run, policy)
-    if changed_total:
-        lines += [f"{changed_total} labelled responses differ from the ones on disk now and are left out.", ""]
-    return lines + refusal
+    return lines + refusal + changed_lines
 
 
-def refusal_section(rows: Sequence[dict[str, Any]], runs_dir: Path, labels: Sequence[Label], benign_sets: dict[str, str],
-                    benign_limit: int | None, policy: Any, starts: Sequence[dict[str, Any]] = ()) -> list[str]:
-    """"Over-refusal by human labels": for each evaluation with labelled responses to benign prompts, the
-    share the labels call refused (Wilson 95%) beside the keyword refusal rule's verdicts on the same
-    responses (the rule every over-refusal in the report uses), their agreement, and the rule on every
-    benign prompt; then :func:`paired_by_labels` on the refused labels (method against the other defenses
-    of its grid cell on the same benign prompts). Empty without such labels."""
-    from spard.bench.inference import fmt_rate, rate
+def refusal_section(rows: Sequence[dict[str, Any]], evaluations: Sequence[tuple[dict[str, Any], list[LabelledItem], dict[str, Any]]],
+                    benign: dict[str, str], policy: Any) -> list[str]:
+    """"Over-refusal by human labels" from ``evaluations`` (:func:`labelled_evaluations`, with the labelled
+    responses to the benign sets only; ``benign``: generations file stem -> set name): for each, the share
+    the labels call refused (Wilson 95%) beside the keyword refusal rule's verdicts on the same responses
+    (the rule every over-refusal in the report uses), their agreement, and the rule on every benign prompt;
+    then :func:`paired_by_labels` on the refused labels (method against the other defenses of its grid cell
+    on the same benign prompts). Empty without such labels."""
+    from spard.bench.inference import fmt_rate, rate, run_items
     from spard.evaluation.stats import rate_with_interval
 
-    evaluations, changed = labelled_evaluations(rows, runs_dir, labels, set_positions(benign_sets, benign_limit), starts)
     table, refused_by_run = [], {}
     for r, items, metrics in evaluations:
+        if not items:
+            continue
         # the rule's per-prompt verdicts, per benign set (``over_refusal.<set>.items``; older runs kept none)
-        stored = {name: r_.get("items") for name, r_ in metrics.get("over_refusal", {}).items()}
-        per_set = [stored.get(it.family.removeprefix("benign.")) for it in items]
-        rule = [None if verdicts is None else verdicts[it.position] for it, verdicts in zip(items, per_set, strict=True)]
+        stored = {name: res.get("items") for name, res in metrics.get("over_refusal", {}).items()}
+        rule = [None if stored.get(benign[it.family]) is None else stored[benign[it.family]][it.position] for it in items]
         scored = [(v, int(it.refused)) for v, it in zip(rule, items, strict=True) if v is not None]
+        every = run_items(metrics)
         refused_by_run[r["run"]] = {(it.family, it.position): it.refused for it in items}
         table.append({"defense": r["label"], "attack": r["attack"], "p": f"{r['harmful_ratio']:g}",
                       "seed": r["seed"] if r["seed"] is not None else "-", "labelled": len(items),
                       "refused by labels": fmt_rate(rate_with_interval(sum(it.refused for it in items), len(items))),
                       "keyword rule on the same responses": fmt_rate(rate_with_interval(sum(v for v, _ in scored), len(scored))),
                       "agreement": fmt_rate(rate_with_interval(sum(v == t for v, t in scored), len(scored))),
-                      "keyword rule on every benign prompt": fmt_rate(rate([v for vs in stored.values() for v in vs or []]))})
+                      "keyword rule on every benign prompt": fmt_rate(rate(every.refusal if every and every.refusal else []))})
     if not table:
         return []
     lines = ["## Over-refusal by human labels (responses to benign prompts labelled refused or not; the keyword "
              "refusal rule beside them)", "", pd.DataFrame(table).to_markdown(index=False), ""]
-    lines += paired_by_labels(rows, refused_by_run, policy, measure="over-refusal")
-    if changed:
-        lines += [f"{changed} labelled responses differ from the ones on disk now and are left out.", ""]
-    return lines
+    return lines + paired_by_labels(rows, refused_by_run, policy, measure="over-refusal")

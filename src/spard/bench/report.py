@@ -217,7 +217,7 @@ def write_results(out: Path, rows: Sequence[dict[str, Any]], cfg: Any, starts: S
     if judges and getattr(cfg, "labels", None):
         from spard.bench.labelled import labelled_section
 
-        benign = {f"benign.{Path(path).stem}": path for path in cfg.eval.get("benign") or []}
+        benign = {Path(path).stem: path for path in cfg.eval.get("benign") or []}
         inference += labelled_section(rows, out / "runs", cfg.labels, cfg.eval_sets, cfg.eval.get("harmful_limit"),
                                       judges[0], policy, starts, benign, cfg.eval.get("benign_limit"))
     atomic_write_text(out / "results.md", markdown(rows, f"Benchmark `{cfg.name}`", starts, changes, quality, policy,

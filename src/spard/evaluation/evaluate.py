@@ -64,6 +64,12 @@ class EvalConfig:
     progress: bool = True
 
 
+def benign_generations_stem(name: str) -> str:
+    """The stem of benign prompt set ``name``'s generations file (``generations/<stem>.jsonl``); ``name`` is
+    the set file's stem, the key of ``metrics["over_refusal"]``."""
+    return f"benign.{name}"
+
+
 def saved_eval_system_prompt(model_path: str) -> tuple[str | None, bool]:
     """The system prompt a training run asked evaluation to use (PTST), from its ``metrics.json``.
 
@@ -174,7 +180,7 @@ def run_evaluation(cfg: EvalConfig, *, on_mismatch: str = "error") -> dict[str, 
         for path in cfg.benign:
             name = Path(path).stem
             prompts = load_examples(path, FieldMap(target=None), origin=f"benign:{name}", limit=cfg.benign_limit)
-            rows = generate_responses(model, tokenizer, prompts, gen_cfg, output=out / "generations" / f"benign.{name}.jsonl",
+            rows = generate_responses(model, tokenizer, prompts, gen_cfg, output=out / "generations" / f"{benign_generations_stem(name)}.jsonl",
                                       progress=cfg.progress, **io)
             refused = [int(is_refusal(r["response"])) for r in rows]
             metrics["over_refusal"][name] = {**rate_with_interval(sum(refused), len(refused)), "items": refused}
