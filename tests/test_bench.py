@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -524,15 +525,21 @@ def test_the_agnews_grid_is_the_sst2_grid_on_another_task():
     assert {k for k in sst2["eval"] if sst2["eval"][k] != agnews["eval"][k]} == {"task_data", "judges"}
 
 
-def test_report_only_fits_a_missing_probe_reproducibly(tiny_model_dir, toy_data, tmp_path):
+def test_report_only_fits_a_missing_probe_reproducibly(tiny_model_dir, toy_data, tmp_path, caplog):
     # a fresh clone has the committed runs but not the probe (its weights are not committed): --report-only
     # fits it from the recorded data, and a refit gives the same files, so the evaluation key still matches
     probe_dir = tmp_path / "probe"
     cfg = bench_config(tiny_model_dir, toy_data, tmp_path / "r",
                        probe={"data": [str(toy_data["safe_pool"]), str(toy_data["attack"])], "output": str(probe_dir)})
-    run_bench(cfg, progress=False, dry_run=True)
-    assert not probe_dir.exists()  # a dry run writes nothing
+    with caplog.at_level(logging.WARNING, logger="spard.bench.runner"):
+        run_bench(cfg, progress=False, dry_run=True)
+    assert not probe_dir.exists()  # a dry run writes nothing, and says it cannot tell what is finished
+    assert "not fitted in this checkout" in caplog.text and "--report-only" in caplog.text
+    caplog.clear()
     run_bench(cfg, progress=False, report_only=True)
+    with caplog.at_level(logging.WARNING, logger="spard.bench.runner"):
+        run_bench(cfg, progress=False, dry_run=True)
+    assert "not fitted" not in caplog.text
     first = {p.name: p.read_bytes() for p in probe_dir.iterdir()}
     assert sorted(first) == ["probe.json", "probe.safetensors", "probe_vocab.json"]
     (probe_dir / "probe.json").unlink()  # an incomplete probe counts as missing

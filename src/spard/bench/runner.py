@@ -113,13 +113,19 @@ def fit_probe_stage(cfg: BenchConfig) -> None:
     if not cfg.probe:
         return
     from spard.evaluation.judge_quality import responses_and_labels
-    from spard.evaluation.judges.probe import Probe, fit_probe
+    from spard.evaluation.judges.probe import fit_probe
 
-    out = Path(cfg.probe["output"])
-    if Probe.is_saved(out):
+    if _probe_saved(cfg):
         return
+    out = Path(cfg.probe["output"])
     texts, labels = responses_and_labels(cfg.probe["data"])
     fit_probe(texts, labels, features=cfg.probe.get("features", "tfidf")).save(out)
+
+
+def _probe_saved(cfg: BenchConfig) -> bool:
+    from spard.evaluation.judges.probe import Probe
+
+    return Probe.is_saved(cfg.probe["output"])
 
 
 def is_trained(run_dir: Path, run: RunSpec) -> bool:
@@ -311,6 +317,10 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, dry_run: bool = False,
     start_sha256 = (_read_json(out / "align" / "alignment.json") or {}).get("model_sha256") if needs_align else None
     if training or report_only:  # its weights enter the evaluation key: a fresh clone fits the missing probe (seconds)
         fit_probe_stage(cfg)
+    elif cfg.probe and not _probe_saved(cfg):
+        logger.warning("the probe judge %s is not fitted in this checkout and a dry run writes nothing, so no "
+                       "evaluation can match the grid's key and every run is listed as to do; `spard bench CONFIG "
+                       "--report-only` fits it (seconds, from its recorded data), then a dry run tells", cfg.probe["output"])
     from spard.evaluation.evaluate import eval_key
 
     ev_key = eval_key(eval_config(cfg))
