@@ -110,16 +110,13 @@ def run_align_stage(cfg: BenchConfig, out: Path, progress: bool) -> tuple[str | 
 
 def fit_probe_stage(cfg: BenchConfig) -> None:
     """Fit the configured probe judge unless its directory already holds one."""
-    if not cfg.probe:
+    if not cfg.probe or _probe_saved(cfg):
         return
     from spard.evaluation.judge_quality import responses_and_labels
     from spard.evaluation.judges.probe import fit_probe
 
-    if _probe_saved(cfg):
-        return
-    out = Path(cfg.probe["output"])
     texts, labels = responses_and_labels(cfg.probe["data"])
-    fit_probe(texts, labels, features=cfg.probe.get("features", "tfidf")).save(out)
+    fit_probe(texts, labels, features=cfg.probe.get("features", "tfidf")).save(Path(cfg.probe["output"]))
 
 
 def _probe_saved(cfg: BenchConfig) -> bool:
