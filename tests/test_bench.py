@@ -11,6 +11,7 @@ from spard.bench.config import BenchConfig, expand, parse_shard, select_runs
 from spard.bench.plots import label_colors
 from spard.bench.runner import run_bench
 from spard.config import ConfigError, from_dict
+from spard.io import atomic_write_json
 
 
 def bench_config(tiny_model_dir, toy_data, out, **extra):
@@ -283,6 +284,83 @@ def test_align_stage_fingerprints_the_aligned_model_and_rechecks_only_when_a_red
             {"label": "sft", "attack": "a", "harmful_ratio": 0.1, "seed": 1, "start_model": second[:12]}]
     assert "different aligned models" in markdown(rows, "t")
     assert "different aligned models" not in markdown(rows[:1], "t")
+
+
+def test_a_re_aligned_model_that_differs_only_in_rounding_keeps_the_start_model_and_the_run_keys(
+        tiny_model_dir, toy_data, tmp_path, monkeypatch, caplog):
+    """Another CPU re-aligns the same recipe to other bits: when its refusal checks and its whole start-model
+    evaluation measure what the earlier model's did, the runs keep their keys; when one verdict differs,
+    it is another start model, and its evaluation is the start row's."""
+    import spard.training.align as align_mod
+
+    weights = iter([b"first", b"first, rounded elsewhere", b"first, rounded elsewhere", b"third"])
+    evaluated = []
+
+    def fake_alignment(cfg):
+        model_dir = Path(cfg.output_dir) / "model"
+        model_dir.mkdir(parents=True, exist_ok=True)
+        (model_dir / "config.json").write_text("{}")
+        (model_dir / "model.safetensors").write_bytes(next(weights))
+        checked = {"refusal": 0.9} if cfg.check_harmful else {}
+        return {"aligned_model": str(model_dir), "before": checked, "after": checked,
+                "model_sha256": align_mod.model_sha256(model_dir)}
+
+    measured = {"eval_key": "E", "asr": {"toy": {"keyword": {"asr": 0.5, "items": [1, 0]}}}}
+    verdicts = iter([[1, 0], [0, 0]])  # the second re-alignment's evaluation flips one verdict
+
+    def fake_evaluate(cfg, model, eval_dir, progress, extra):
+        evaluated.append(Path(eval_dir).name)
+        (eval_dir / "generations").mkdir(parents=True)
+        (eval_dir / "generations" / "toy.jsonl").write_text("{}\n")
+        items = next(verdicts)
+        atomic_write_json(eval_dir / "metrics.json", {**measured, "asr": {"toy": {"keyword": {
+            "asr": sum(items) / 2, "items": items}}}, "wall_seconds": 9.0, "model": str(model), **extra})
+
+    monkeypatch.setattr(align_mod, "run_alignment", fake_alignment)
+    monkeypatch.setattr(align_mod, "refusal_rates", lambda *a: {"refusal": 0.9})
+    monkeypatch.setattr(runner, "evaluate_model", fake_evaluate)
+    align = {"model": {"name": "base"}, "refusals": "r.jsonl", "benign": "b.jsonl", "check_harmful": ["h.jsonl"]}
+    cfg = bench_config(tiny_model_dir, toy_data, tmp_path, align=align)
+    report_path, eval_dir = tmp_path / "align" / "alignment.json", tmp_path / "align" / "eval"
+    runner.run_align_stage(cfg, tmp_path, False, "E")
+    first = json.loads(report_path.read_text())["model_sha256"]
+    # the committed start-model evaluation, made of the first model under the grid's evaluation settings
+    atomic_write_json(eval_dir / "metrics.json", {**measured, "wall_seconds": 1.0, "start_model_sha256": first})
+
+    shutil.rmtree(tmp_path / "align" / "model")  # a fresh clone on another CPU
+    with caplog.at_level("INFO", logger="spard.bench.runner"):
+        runner.run_align_stage(cfg, tmp_path, False, "E")
+    report = json.loads(report_path.read_text())
+    second = align_mod.model_sha256(tmp_path / "align" / "model")
+    assert second != first and report["model_sha256"] == first and report["equivalent_sha256"] == [second]
+    assert "the same start model up to rounding" in caplog.text and evaluated == ["eval-recheck"]
+    assert json.loads((eval_dir / "metrics.json").read_text())["start_model_sha256"] == first  # the record stands
+    assert (eval_dir / "generations" / "toy.jsonl").exists() and not (tmp_path / "align" / "eval-recheck").exists()
+    runner.run_align_stage(cfg, tmp_path, False, "E")  # known as equivalent: nothing is checked again
+    assert evaluated == ["eval-recheck"]
+
+    shutil.rmtree(tmp_path / "align" / "model")  # the same bits again, then a model whose evaluation differs
+    runner.run_align_stage(cfg, tmp_path, False, "E")
+    assert evaluated == ["eval-recheck"] and json.loads(report_path.read_text())["model_sha256"] == first
+    (tmp_path / "align" / "model" / "model.safetensors").write_bytes(b"third")  # swapped on disk, not retrained
+    with caplog.at_level("WARNING", logger="spard.bench.runner"):
+        runner.run_align_stage(cfg, tmp_path, False, "E")
+    report = json.loads(report_path.read_text())
+    assert report["model_sha256"] == align_mod.model_sha256(tmp_path / "align" / "model") not in (first, second)
+    assert "re-aligned model differs" in caplog.text and evaluated == ["eval-recheck", "eval-recheck"]
+    start_eval = json.loads((eval_dir / "metrics.json").read_text())
+    assert start_eval["start_model_sha256"] == report["model_sha256"] and start_eval["asr"]["toy"]["keyword"]["items"] == [0, 0]
+
+
+def test_same_measurements_ignores_provenance_and_nothing_else():
+    from spard.evaluation.evaluate import same_measurements
+
+    a = {"eval_key": "E", "task": {"correct": [1, 0, 1]}, "wall_seconds": 3.0, "model": "a", "responses_sha256": "x"}
+    assert same_measurements(a, {**a, "wall_seconds": 9.0, "model": "b", "start_model_sha256": "s"})
+    assert same_measurements(a, {k: v for k, v in a.items() if k != "responses_sha256"})  # recorded by one only
+    assert not same_measurements(a, {**a, "responses_sha256": "y"})  # other text, the same scores
+    assert not same_measurements(a, {**a, "task": {"correct": [1, 1, 1]}})
+    assert not same_measurements(a, {**a, "eval_key": "F"})
 
 
 def test_ptst_reuses_the_finished_sft_training_and_only_evaluates_differently(

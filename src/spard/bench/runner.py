@@ -63,17 +63,22 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def run_align_stage(cfg: BenchConfig, out: Path, progress: bool) -> tuple[str | None, str | None]:
+def run_align_stage(cfg: BenchConfig, out: Path, progress: bool, ev_key: str | None = None) -> tuple[str | None, str | None]:
     """Align once and return (aligned model, unaligned model).
 
     Skipped when ``align/alignment.json`` and the model are there and the report was made with the same
     align settings. The report is committed and the model is not, so on a fresh clone the model is trained
-    again: its sha256 is compared with the report's, the refusal checks are reused when they match
-    (greedy checks of identical weights), and a mismatch is logged and checked again.
+    again. Its sha256 is compared with the report's: equal, the refusal checks are reused (greedy checks of
+    identical weights). Unequal (another CPU rounds differently), the model is checked again and, when the
+    report's start-model evaluation was made under the grid's evaluation settings ``ev_key``, evaluated
+    again: if every measured value matches (:func:`~spard.evaluation.evaluate.same_measurements`) and so do
+    the refusal checks, it is the same start model up to rounding; the report keeps its sha256 (the runs
+    their keys) and lists the new one under ``equivalent_sha256``. Otherwise it is another start model and
+    the runs from it are new runs.
     """
     if not cfg.align:
         return None, None
-    from spard.training.align import AlignConfig, model_sha256, refusal_rates, run_alignment
+    from spard.training.align import AlignConfig, model_sha256, run_alignment
 
     align_cfg = from_dict(AlignConfig, {**cfg.align, "output_dir": str(out / "align"), "progress": progress}, "align")
     settings = to_dict(align_cfg)
@@ -85,27 +90,68 @@ def run_align_stage(cfg: BenchConfig, out: Path, progress: bool) -> tuple[str | 
     if report is not None and (model_dir / "config.json").exists() and report.get("config_key", key) == key:
         if "model_sha256" not in report or "config_key" not in report:  # a report from before fingerprints
             report.update(model_sha256=model_sha256(model_dir), config_key=key)
-            atomic_write_json(report_path, report)
+        else:
+            sha = model_sha256(model_dir)
+            if sha != report["model_sha256"] and sha not in report.get("equivalent_sha256", []):
+                report = _reconcile_start_model(cfg, out, align_cfg, report, sha, ev_key, progress)
+        atomic_write_json(report_path, report)
         return report["aligned_model"], align_cfg.model.name
 
     earlier = report if report is not None and report.get("config_key") == key and report.get("after") else None
     logger.info("alignment stage: training %s%s", align_cfg.model.name,
                 " again (the report is here, the model is not)" if earlier else "")
     report = run_alignment(dataclasses.replace(align_cfg, check_harmful=[], check_benign=None) if earlier else align_cfg)
-    if earlier:  # provenance the earlier report carried (where it was seeded from) stays
-        report = {**{k: v for k, v in earlier.items() if k not in report}, **report}
     report["config_key"] = key
-    if earlier and earlier.get("model_sha256") == report["model_sha256"]:
-        logger.info("the re-aligned model is identical to the earlier one (sha256 %s); its refusal checks stand",
-                    report["model_sha256"][:12])
-        report.update(before=earlier["before"], after=earlier["after"])
-    elif earlier:
-        logger.warning("the re-aligned model differs from the one earlier runs started from (sha256 %s, was %s); "
-                       "runs are labelled with the model they started from", report["model_sha256"][:12],
-                       str(earlier.get("model_sha256"))[:12])
-        report.update(before=earlier["before"], after=refusal_rates(str(model_dir), align_cfg, out / "align" / "check_after"))
+    if earlier:
+        sha, kept = report["model_sha256"], {k: earlier.get(k) for k in ("model_sha256", "before", "after")}
+        report = {**earlier, **report, **kept}
+        if sha in (earlier.get("model_sha256"), *earlier.get("equivalent_sha256", [])):
+            logger.info("the re-aligned model is identical to %s one (sha256 %s); its refusal checks stand",
+                        "the earlier" if sha == earlier.get("model_sha256") else "an earlier equivalent", sha[:12])
+        else:
+            report = _reconcile_start_model(cfg, out, align_cfg, report, sha, ev_key, progress)
     atomic_write_json(report_path, report)
     return report["aligned_model"], align_cfg.model.name
+
+
+def _reconcile_start_model(cfg: BenchConfig, out: Path, align_cfg: Any, report: dict[str, Any], sha: str,
+                           ev_key: str | None, progress: bool) -> dict[str, Any]:
+    """``report`` (the earlier start model's, sha256 ``report["model_sha256"]``) updated for the model now
+    in ``align/model`` (sha256 ``sha``): the same start model when its refusal checks and its evaluation
+    measure the same as the earlier one's, another start model otherwise (see :func:`run_align_stage`)."""
+    from spard.evaluation.evaluate import same_measurements
+    from spard.training.align import refusal_rates
+
+    was = report["model_sha256"]
+    model_dir = out / "align" / "model"
+    after = refusal_rates(str(model_dir), align_cfg, out / "align" / "check_after")
+    eval_dir, recheck = out / "align" / "eval", out / "align" / "eval-recheck"
+    earlier_eval = _read_json(eval_dir / "metrics.json")
+    same = after == report.get("after")
+    compared = ev_key is not None and is_evaluated(eval_dir, ev_key, was)
+    if same and compared:
+        logger.info("the re-aligned model differs in its bits (sha256 %s, was %s) and its refusal checks match: "
+                    "evaluating it again to compare with the earlier start model's evaluation", sha[:12], was[:12])
+        evaluate_model(cfg, str(model_dir), recheck, progress, {"start_model_sha256": sha})
+        same = same_measurements(earlier_eval, _read_json(recheck / "metrics.json"))
+    if same and compared:
+        logger.info("every measured value of the re-aligned model (sha256 %s) equals the earlier start model's "
+                    "(sha256 %s): the same start model up to rounding; the runs keep their keys", sha[:12], was[:12])
+        for sub in ("generations", "judgements"):  # the earlier evaluation's files were not committed: these are
+            if (eval_dir / sub).exists():  # what the labelling sheets read
+                remove_tree(eval_dir / sub, out)
+            if (recheck / sub).exists():
+                (recheck / sub).rename(eval_dir / sub)
+        remove_tree(recheck, out)
+        return {**report, "equivalent_sha256": [*report.get("equivalent_sha256", []), sha]}
+    logger.warning("the re-aligned model differs from the one earlier runs started from (sha256 %s, was %s)%s; "
+                   "runs are labelled with the model they started from", sha[:12], was[:12],
+                   "" if compared or not same else ", and there is no current evaluation of the earlier one to compare")
+    if recheck.exists():  # its evaluation of the new start model is the start row's
+        if eval_dir.exists():
+            remove_tree(eval_dir, out)
+        recheck.rename(eval_dir)
+    return {**report, "model_sha256": sha, "after": after}
 
 
 def fit_probe_stage(cfg: BenchConfig) -> None:
@@ -306,12 +352,6 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, dry_run: bool = False,
         out.mkdir(parents=True, exist_ok=True)
     training = not (dry_run or report_only)
     needs_align = any(ALIGNED in g.models for g in cfg.grids)
-    aligned, unaligned = (None, None)
-    if needs_align and training:
-        aligned, unaligned = run_align_stage(cfg, out, progress)
-    elif needs_align:
-        aligned, unaligned = str(out / "align" / "model"), (cfg.align or {}).get("model", {}).get("name")
-    start_sha256 = (_read_json(out / "align" / "alignment.json") or {}).get("model_sha256") if needs_align else None
     if training or report_only:  # its weights enter the evaluation key: a fresh clone fits the missing probe (seconds)
         fit_probe_stage(cfg)
     elif cfg.probe and not _probe_saved(cfg):
@@ -321,6 +361,12 @@ def run_bench(cfg: BenchConfig, *, progress: bool = True, dry_run: bool = False,
     from spard.evaluation.evaluate import eval_key
 
     ev_key = eval_key(eval_config(cfg))
+    aligned, unaligned = (None, None)
+    if needs_align and training:
+        aligned, unaligned = run_align_stage(cfg, out, progress, ev_key)
+    elif needs_align:
+        aligned, unaligned = str(out / "align" / "model"), (cfg.align or {}).get("model", {}).get("name")
+    start_sha256 = (_read_json(out / "align" / "alignment.json") or {}).get("model_sha256") if needs_align else None
     runs = expand(cfg, aligned, unaligned, start_sha256)
     logger.info("%s: %d runs in the grid", cfg.name, len(runs))
     mine = {r.name for r in select_runs(runs, only, shard)}

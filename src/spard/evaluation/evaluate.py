@@ -11,6 +11,7 @@ attack success rate proper. Over-refusal on benign task prompts uses the refusal
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -153,11 +154,13 @@ def run_evaluation(cfg: EvalConfig, *, on_mismatch: str = "error") -> dict[str, 
         "asr": {},
         "agreement": {},
     }
+    responses = hashlib.sha256()  # every generated response in order: two evaluations that agree here saw the same text
     for path in cfg.harmful:
         name = Path(path).stem
         prompts = load_examples(path, FieldMap(target=None), origin=f"eval:{name}", limit=cfg.harmful_limit)
         rows = generate_responses(model, tokenizer, prompts, gen_cfg, output=out / "generations" / f"{name}.jsonl",
                                   progress=cfg.progress, **io)
+        _digest(responses, rows)
         per_judge, verdicts = {}, {}
         for judge in judges:
             judged = judge_rows(rows, judge, output=out / "judgements" / f"{name}.{_slug(judge.name)}.jsonl",
@@ -182,16 +185,18 @@ def run_evaluation(cfg: EvalConfig, *, on_mismatch: str = "error") -> dict[str, 
             prompts = load_examples(path, FieldMap(target=None), origin=f"benign:{name}", limit=cfg.benign_limit)
             rows = generate_responses(model, tokenizer, prompts, gen_cfg, output=out / "generations" / f"{benign_generations_stem(name)}.jsonl",
                                       progress=cfg.progress, **io)
+            _digest(responses, rows)
             refused = [int(is_refusal(r["response"])) for r in rows]
             metrics["over_refusal"][name] = {**rate_with_interval(sum(refused), len(refused)), "items": refused}
         metrics["over_refusal_mean"] = _mean([r["rate"] for r in metrics["over_refusal"].values()])
     if cfg.task_data:
-        task_metrics = _evaluate_task(cfg, model, tokenizer, gen_cfg, out, io)
+        task_metrics = _evaluate_task(cfg, model, tokenizer, gen_cfg, out, io, responses)
         metrics["task"] = task_metrics
     metrics["wall_seconds"] = time.perf_counter() - started
     # what evaluating this model has cost so far: a re-judge of stored generations adds its own seconds to
     # those of the evaluations that generated them
     metrics["generation_key"] = generation_key
+    metrics["responses_sha256"] = responses.hexdigest()
     metrics["total_wall_seconds"] = earlier + metrics["wall_seconds"]
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_text(out / "summary.md", summary_markdown(metrics))
@@ -209,9 +214,10 @@ def rate_fields(asr: dict[str, Any], verdicts: Sequence[Any]) -> dict[str, Any]:
 
 
 def _evaluate_task(cfg: EvalConfig, model: Any, tokenizer: Any, gen_cfg: GenerationConfig, out: Path,
-                   io: dict[str, Any]) -> dict[str, Any]:
+                   io: dict[str, Any], responses: Any) -> dict[str, Any]:
     """Task accuracy from generated answers (with its interval and per-item results), over-refusal on
-    the task prompts, and where configured the answer NLL and the generation-free label accuracy."""
+    the task prompts, and where configured the answer NLL and the generation-free label accuracy; the
+    answers go into the ``responses`` digest."""
     from spard.evaluation.classification import loglik_predictions, same_label, task_labels
     from spard.evaluation.stats import rate_with_interval
 
@@ -227,6 +233,7 @@ def _evaluate_task(cfg: EvalConfig, model: Any, tokenizer: Any, gen_cfg: Generat
         labels = list(cfg.task_labels) if needs_labels else None
     rows = generate_responses(model, tokenizer, examples, gen_cfg, output=out / "generations" / "task.jsonl",
                               progress=cfg.progress, **io)
+    _digest(responses, rows)
     references = [ex.target for ex in examples]
     correct = [int(c) for c in correct_items(cfg.task, [r["response"] for r in rows], references, labels)]
     task: dict[str, Any] = {
@@ -248,6 +255,26 @@ def _evaluate_task(cfg: EvalConfig, model: Any, tokenizer: Any, gen_cfg: Generat
     if cfg.answer_nll:
         task["answer_nll"] = response_nll(model, tokenizer, examples, system_prompt=gen_cfg.system_prompt)
     return task
+
+
+# what says how, where and how long an evaluation ran rather than what it measured
+PROVENANCE_FIELDS = frozenset({"model", "wall_seconds", "total_wall_seconds", "generation_key", "responses_sha256",
+                               "start_model_sha256"})
+
+
+def _digest(digest: Any, rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        digest.update(json.dumps([row["id"], row["response"]]).encode())
+
+
+def same_measurements(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two evaluations' ``metrics.json`` measured the same thing with the same result: every
+    field equal except :data:`PROVENANCE_FIELDS` (so every rate, interval and per-item verdict of every
+    judge, every task answer's score), and the responses' digest equal where both recorded one."""
+    if a.get("responses_sha256") and b.get("responses_sha256") and a["responses_sha256"] != b["responses_sha256"]:
+        return False
+    return ({k: v for k, v in a.items() if k not in PROVENANCE_FIELDS}
+            == {k: v for k, v in b.items() if k not in PROVENANCE_FIELDS})
 
 
 def _earlier_seconds(path: Path, generation_key: str) -> float:
