@@ -126,27 +126,26 @@ def _reconcile_start_model(cfg: BenchConfig, out: Path, align_cfg: Any, report: 
     model_dir = out / "align" / "model"
     after = refusal_rates(str(model_dir), align_cfg, out / "align" / "check_after")
     eval_dir, recheck = out / "align" / "eval", out / "align" / "eval-recheck"
-    earlier_eval = _read_json(eval_dir / "metrics.json")
-    same = after == report.get("after")
-    compared = ev_key is not None and is_evaluated(eval_dir, ev_key, was)
-    if same and compared:
+    same_checks = after == report.get("after")
+    comparable = ev_key is not None and is_evaluated(eval_dir, ev_key, was)
+    if same_checks and comparable:
         logger.info("the re-aligned model differs in its bits (sha256 %s, was %s) and its refusal checks match: "
                     "evaluating it again to compare with the earlier start model's evaluation", sha[:12], was[:12])
         evaluate_model(cfg, str(model_dir), recheck, progress, {"start_model_sha256": sha})
-        same = same_measurements(earlier_eval, _read_json(recheck / "metrics.json"))
-    if same and compared:
-        logger.info("every measured value of the re-aligned model (sha256 %s) equals the earlier start model's "
-                    "(sha256 %s): the same start model up to rounding; the runs keep their keys", sha[:12], was[:12])
-        for sub in ("generations", "judgements"):  # the earlier evaluation's files were not committed: these are
-            if (eval_dir / sub).exists():  # what the labelling sheets read
-                remove_tree(eval_dir / sub, out)
-            if (recheck / sub).exists():
-                (recheck / sub).rename(eval_dir / sub)
-        remove_tree(recheck, out)
-        return {**report, "equivalent_sha256": [*report.get("equivalent_sha256", []), sha]}
-    logger.warning("the re-aligned model differs from the one earlier runs started from (sha256 %s, was %s)%s; "
-                   "runs are labelled with the model they started from", sha[:12], was[:12],
-                   "" if compared or not same else ", and there is no current evaluation of the earlier one to compare")
+        if same_measurements(_read_json(eval_dir / "metrics.json"), _read_json(recheck / "metrics.json")):
+            logger.info("every measured value of the re-aligned model (sha256 %s) equals the earlier start model's "
+                        "(sha256 %s): the same start model up to rounding; the runs keep their keys", sha[:12], was[:12])
+            for sub in ("generations", "judgements"):  # the earlier evaluation's files were not committed: these
+                if (eval_dir / sub).exists():  # are what the labelling sheets read
+                    remove_tree(eval_dir / sub, out)
+                if (recheck / sub).exists():
+                    (recheck / sub).rename(eval_dir / sub)
+            remove_tree(recheck, out)
+            return {**report, "equivalent_sha256": [*report.get("equivalent_sha256", []), sha]}
+    reason = ("its refusal checks differ" if not same_checks else "its start-model evaluation differs" if comparable
+              else "there is no current evaluation of the earlier one to compare")
+    logger.warning("the re-aligned model differs from the one earlier runs started from (sha256 %s, was %s; %s); "
+                   "runs are labelled with the model they started from", sha[:12], was[:12], reason)
     if recheck.exists():  # its evaluation of the new start model is the start row's
         if eval_dir.exists():
             remove_tree(eval_dir, out)
