@@ -21,6 +21,7 @@ from spard.bench.inference import (
     run_items,
     runs_frame,
     sweep_frame,
+    sweep_pairs_frame,
     sweep_target_lines,
     target_lines,
     task_gain_lines,
@@ -204,6 +205,35 @@ def test_the_sweep_claim_is_checked_up_to_its_ratio_and_reported_beyond():
     assert sweep_target_lines(one, items, "probe", TargetsConfig()) == []
     with pytest.raises(ValueError, match=r"targets.pairs\[0\]"):
         TargetsConfig(pairs=[["only-one"]])
+
+
+def test_the_sweep_compares_the_method_with_each_other_swept_defense_at_each_ratio():
+    rows, items = [], {}
+    grid = {"sft": {0.05: (20, 0), 0.2: (60, 0)}, "spard": {0.05: (2, 0), 0.2: (30, 0)},
+            "safeinstr": {0.05: (10, 0), 0.1: (20, 0), 0.2: (30, 30)},  # p = 0.1: spard did not run there
+            "lisa": {0.2: (5, 0)},  # one ratio: not swept
+            "spard-random": {0.05: (9, 0), 0.2: (9, 0)}}  # a variant, not a defense
+    for label, by_p in grid.items():
+        for p, (harm, offset) in by_p.items():
+            run = f"{label}-{p}"
+            rows.append({"label": label, "defense": label.split("-")[0], "attack": "bt", "harmful_ratio": p, "seed": 0,
+                         "run": run})
+            items[run] = RunItems({"probe": outcomes(harm, 100, offset)}, outcomes(80 if label != "safeinstr" else 70, 100))
+    frame = runs_frame(rows)
+    pairs = sweep_pairs_frame(frame, items, "probe", TargetsConfig())
+    assert list(zip(pairs["defense"], pairs["p"], strict=True)) == [("safeinstr", "0.05"), ("safeinstr", "0.2")]
+    low, high = pairs.iloc[0], pairs.iloc[1]
+    # p = 0.05: spard's 2 harmful prompts are among safeinstr's 10, so 0 against 8 discordant; 2 * 2^-8
+    assert low["discordant (only spard / only it)"] == "0 / 8" and low["McNemar p"] == "0.008"
+    assert low["spard minus it, points"].startswith("-8.0 [") and low["accuracy difference, points"].startswith("+10.0 [")
+    # p = 0.2: the same rate on disjoint prompts, 30 against 30: no difference
+    assert high["discordant (only spard / only it)"] == "30 / 30" and high["McNemar p"] == "1.000"
+    assert high["spard ASR"] == high["its ASR"]
+    # the sweep's target table carries McNemar's p of the method against its baseline
+    text = "\n".join(sweep_target_lines(frame, items, "probe", TargetsConfig()))
+    row = next(line for line in text.splitlines() if line.startswith("| spard / sft") and "| 0.05 " in line)
+    assert "McNemar p" in text and "< 0.001" in row  # 2 against 20, nested
+    assert sweep_pairs_frame(frame[frame["label"] != "spard"], items, "probe", TargetsConfig()).empty
 
 
 def test_over_refusal_is_compared_paired_where_the_runs_kept_it_per_prompt():

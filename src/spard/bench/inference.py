@@ -169,11 +169,17 @@ def ratio(x: float, y: float) -> float:
     return x / y if y > 0 else math.nan
 
 
-def mcnemar(blocks: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
-    """Exact McNemar p-value on the prompts where exactly one of the two runs is 1, summed over blocks."""
+def discordant(blocks: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[int, int]:
+    """``(only_a, only_b)``: the prompts where only the first run is 1 and where only the second is, summed
+    over blocks (McNemar's discordant pairs)."""
     only_a = int(sum(((x == 1) & (y == 0)).sum() for x, y in blocks))
     only_b = int(sum(((x == 0) & (y == 1)).sum() for x, y in blocks))
-    return mcnemar_exact(only_a, only_b)
+    return only_a, only_b
+
+
+def mcnemar(blocks: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Exact McNemar p-value on the prompts where exactly one of the two runs is 1, summed over blocks."""
+    return mcnemar_exact(*discordant(blocks))
 
 
 def runs_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
@@ -202,6 +208,8 @@ class Comparison:
     diff: tuple[float, float, float]
     ratio: tuple[float, float, float]
     p_value: float
+    #: prompts where only ``label``'s run is 1, and where only ``baseline``'s is
+    discordant: tuple[int, int] = (0, 0)
 
 
 def compare(items: dict[str, RunItems], mine: dict[tuple, str], theirs: dict[tuple, str], measure: str,
@@ -218,7 +226,7 @@ def compare(items: dict[str, RunItems], mine: dict[tuple, str], theirs: dict[tup
     pooled_a = [v for x, _, _ in pairs for v in x]
     pooled_b = [v for _, y, _ in pairs for v in y]
     return Comparison(len(pairs), rate(pooled_a), rate(pooled_b), paired_bootstrap(blocks, difference, groups=groups),
-                      paired_bootstrap(blocks, ratio, groups=groups), mcnemar(blocks))
+                      paired_bootstrap(blocks, ratio, groups=groups), mcnemar(blocks), discordant(blocks))
 
 
 def fmt_rate(r: dict[str, Any] | None) -> str:
@@ -377,16 +385,21 @@ def lowest_lines(frame: pd.DataFrame, items: dict[str, RunItems], judge: str, po
                                         "estimate: " + "; ".join(left_out) + "." if left_out else ""), ""]
 
 
+def sweep_attack(frame: pd.DataFrame, label: str) -> str | None:
+    """The attack ``label`` ran at the most harmful ratios above 0 (None when it ran at none)."""
+    runs = frame[(frame["label"] == label) & (frame["harmful_ratio"].astype(float) > 0)]
+    return None if runs.empty else str(runs.groupby("attack")["harmful_ratio"].nunique().idxmax())
+
+
 def sweep_target_lines(frame: pd.DataFrame, items: dict[str, RunItems], judge: str, policy: Any) -> list[str]:
     """The p sweep's claim with intervals: on the attack the method ran at the most harmful ratios, at each
     ratio where both ran (seeds pooled), ``method``'s ASR ratio to ``baseline``'s (paired bootstrap over
     prompts within cells), checked against ``asr_ratio`` up to ``sweep_up_to`` and reported as measured
     above it; then each of ``policy.pairs`` (e.g. the pure-harmful attack's labels) on that attack, as
     measured. Empty unless the method ran at two ratios or more, or an extra pair ran there."""
-    mine_runs = frame[(frame["label"] == policy.method) & (frame["harmful_ratio"].astype(float) > 0)]
-    if mine_runs.empty:
+    attack = sweep_attack(frame, policy.method)
+    if attack is None:
         return []
-    attack = mine_runs.groupby("attack")["harmful_ratio"].nunique().idxmax()
     rows = []
     for n, (mine, base) in enumerate([(policy.method, policy.baseline), *map(tuple, policy.pairs)]):
         ratios = sorted({float(p) for p in frame.loc[frame["label"] == mine, "harmful_ratio"]})
@@ -401,12 +414,42 @@ def sweep_target_lines(frame: pd.DataFrame, items: dict[str, RunItems], judge: s
             rows.append({"pair": f"{mine} / {base}", "p": f"{p:g}", "cells": harm.runs, "method ASR": fmt_rate(harm.value),
                          "baseline ASR": fmt_rate(harm.base_value), "ASR ratio [95%]": fmt_ratio(harm.ratio),
                          f"ratio <= {policy.asr_ratio:g}": ratio_verdict(harm.ratio, policy.asr_ratio) if checked else "as measured",
+                         "McNemar p": fmt_p(harm.p_value),
                          "accuracy difference, points": fmt_points(task.diff) if task is not None else "n/a"})
     if not rows:
         return []
     return [f"## The p sweep: {policy.method}'s ASR against {policy.baseline}'s at each harmful ratio (attack {attack}, "
             f"judge `{judge}`; checked up to p = {policy.sweep_up_to:g}, seeds pooled, paired over the same prompts)", "",
             pd.DataFrame(rows).to_markdown(index=False), ""]
+
+
+def sweep_pairs_frame(frame: pd.DataFrame, items: dict[str, RunItems], judge: str, policy: Any) -> pd.DataFrame:
+    """The p sweep, ``policy.method`` against every other defense (a label that is its defense's name, other
+    than the baseline, which the sweep's target table covers) that ran on the sweep's attack at two harmful
+    ratios or more: at each ratio both ran (seeds pooled), both ASRs with their intervals, the paired
+    difference, the discordant prompts and the exact McNemar p; the task accuracy difference beside them."""
+    method = policy.method
+    attack = sweep_attack(frame, method)
+    if attack is None:
+        return pd.DataFrame()
+    on_attack = frame[(frame["attack"] == attack) & (frame["harmful_ratio"].astype(float) > 0)]
+    swept = on_attack[on_attack["label"] == on_attack["defense"]].groupby("label")["harmful_ratio"].nunique()
+    rows = []
+    for label in sorted(swept[swept >= 2].index):
+        if label in (method, policy.baseline):
+            continue
+        for p in sorted({float(p) for p in on_attack.loc[on_attack["label"] == label, "harmful_ratio"]}):
+            mine, theirs = cells(frame, method, p, attack), cells(frame, label, p, attack)
+            harm = compare(items, mine, theirs, "harm", judge)
+            if harm is None:
+                continue
+            task = compare(items, mine, theirs, "task")
+            rows.append({"defense": label, "p": f"{p:g}", "cells": harm.runs, f"{method} ASR": fmt_rate(harm.value),
+                         "its ASR": fmt_rate(harm.base_value), f"{method} minus it, points": fmt_points(harm.diff),
+                         f"discordant (only {method} / only it)": f"{harm.discordant[0]} / {harm.discordant[1]}",
+                         "McNemar p": fmt_p(harm.p_value),
+                         "accuracy difference, points": fmt_points(task.diff) if task is not None else "n/a"})
+    return pd.DataFrame(rows)
 
 
 def sweep_frame(frame: pd.DataFrame, items: dict[str, RunItems], judge: str) -> pd.DataFrame:
@@ -504,6 +547,11 @@ def inference_section(rows: Sequence[dict[str, Any]], runs_dir: Path, judge: str
         lines += [f"## Worst case over attack settings at <= {100 * policy.accuracy_loss:g} points accuracy loss against "
                   f"{policy.baseline} (judge `{judge}`)", "", worst.to_markdown(index=False), ""]
     lines += sweep_target_lines(frame, items, judge, policy)
+    pairs = sweep_pairs_frame(frame, items, judge, policy)
+    if not pairs.empty:
+        lines += [f"## The p sweep: {policy.method} against each other swept defense (attack "
+                  f"{sweep_attack(frame, policy.method)}, judge `{judge}`; seeds pooled, paired over the same prompts)", "",
+                  pairs.to_markdown(index=False), ""]
     sweep = sweep_frame(frame, items, judge)
     if not sweep.empty:
         shown = sweep.assign(ASR=[fmt_rate({"rate": r.asr_rate, "low": r.asr_low, "high": r.asr_high, "n": r.asr_n})
