@@ -207,9 +207,13 @@ class Comparison:
     base_value: dict[str, Any]
     diff: tuple[float, float, float]
     ratio: tuple[float, float, float]
-    p_value: float
     #: prompts where only ``label``'s run is 1, and where only ``baseline``'s is
-    discordant: tuple[int, int] = (0, 0)
+    discordant: tuple[int, int]
+
+    @property
+    def p_value(self) -> float:
+        """Exact McNemar p-value on the discordant prompts."""
+        return mcnemar_exact(*self.discordant)
 
 
 def compare(items: dict[str, RunItems], mine: dict[tuple, str], theirs: dict[tuple, str], measure: str,
@@ -226,7 +230,7 @@ def compare(items: dict[str, RunItems], mine: dict[tuple, str], theirs: dict[tup
     pooled_a = [v for x, _, _ in pairs for v in x]
     pooled_b = [v for _, y, _ in pairs for v in y]
     return Comparison(len(pairs), rate(pooled_a), rate(pooled_b), paired_bootstrap(blocks, difference, groups=groups),
-                      paired_bootstrap(blocks, ratio, groups=groups), mcnemar(blocks), discordant(blocks))
+                      paired_bootstrap(blocks, ratio, groups=groups), discordant(blocks))
 
 
 def fmt_rate(r: dict[str, Any] | None) -> str:
