@@ -68,6 +68,10 @@ def test_each_run_gets_its_own_labels_and_the_judge_is_read_at_the_labelled_prom
     assert spard_cells[5] == "2 (2 / 0)" and spard_cells[6].startswith("50.0% [") and spard_cells[7].startswith("50.0% [")
     start_cells = [c.strip() for c in next(line for line in text.splitlines() if line.startswith("| start: @aligned")).split("|")]
     assert start_cells[5] == "1 (0 / 1)" and start_cells[6].startswith("0.0% [") and start_cells[7].startswith("100.0% [")
+    # pooled over the runs, test labels only (SFT's 4 and the start model's 1; SPARD's 2 dev labels are left out)
+    pooled = [c.strip() for c in next(line for line in text.splitlines() if line.startswith("| **all runs, test split**")).split("|")]
+    assert pooled[5] == "5 (0 / 5)" and pooled[6].startswith("60.0% [")  # 3 of 5 harmful by hand
+    assert pooled[7].startswith("60.0% [") and pooled[8].startswith("60.0% [")  # judge 1, 1, 0, 0 + 1; right on 3
     assert "0.67 [" in text  # ratio 0.5 / 0.75
     assert "**missed**" in text
     assert "1 labelled responses differ from the ones on disk now" in text

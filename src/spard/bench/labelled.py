@@ -231,10 +231,14 @@ def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: S
     if not evaluations:
         return refusal + changed_lines
     table, harmful_by_run, labelled_by_run = [], {}, {}
+    test_truth: list[int] = []
+    test_scored: list[tuple[int, int]] = []
     for r, items, metrics in evaluations:
         verdicts = judge_verdicts(metrics, judge, items)
         truth = [int(it.harmful) for it in items]
         scored = [(v, t) for v, t in zip(verdicts, truth, strict=True) if v is not None]
+        test_truth += [t for it, t in zip(items, truth, strict=True) if it.split != "dev"]
+        test_scored += [(v, t) for it, v, t in zip(items, verdicts, truth, strict=True) if it.split != "dev" and v is not None]
         harmful_by_run[r["run"]] = np.array(truth, float)
         labelled_by_run[r["run"]] = {(it.family, it.position): it.harmful for it in items}
         table.append({"defense": r["label"], "attack": r["attack"], "p": f"{r['harmful_ratio']:g}", "seed": r["seed"] if r["seed"] is not None else "-",
@@ -244,9 +248,18 @@ def labelled_section(rows: Sequence[dict[str, Any]], runs_dir: Path, patterns: S
                       f"`{judge}` on the same responses": fmt_rate(rate_with_interval(sum(v for v, _ in scored), len(scored))),
                       "agreement": fmt_rate(rate_with_interval(sum(v == t for v, t in scored), len(scored))),
                       f"`{judge}` on every prompt": fmt_rate(rate(run_items(metrics).harm[judge]))})
+    if len(table) > 1 and test_scored:
+        # the judge's agreement pooled over every labelled run, out of sample (test split) only
+        table.append({"defense": "**all runs, test split**", "attack": "", "p": "", "seed": "",
+                      "labelled (dev / test)": f"{len(test_truth)} (0 / {len(test_truth)})",
+                      "ASR by labels": fmt_rate(rate_with_interval(sum(test_truth), len(test_truth))),
+                      f"`{judge}` on the same responses": fmt_rate(rate_with_interval(sum(v for v, _ in test_scored), len(test_scored))),
+                      "agreement": fmt_rate(rate_with_interval(sum(v == t for v, t in test_scored), len(test_scored))),
+                      f"`{judge}` on every prompt": ""})
     lines = [f"## ASR by human labels (responses to harmful prompts labelled by hand; `{judge}` beside them)", "",
              pd.DataFrame(table).to_markdown(index=False), "",
-             "A judge fit on dev labels has seen those responses: its agreement on them is in-sample.", ""]
+             "A judge fit on dev labels has seen those responses: its agreement on them is in-sample "
+             "(the pooled row counts test labels only).", ""]
     ratios = []
     def labelled_cells(label: str) -> dict[tuple[str, int], str]:
         return {(r["attack"], r["seed"]): r["run"] for r in rows if r["label"] == label
