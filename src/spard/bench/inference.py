@@ -360,8 +360,13 @@ def sweep_checks(policy: Any, p: float) -> bool:
 
 def lowest_lines(frame: pd.DataFrame, items: dict[str, RunItems], judge: str, policy: Any) -> list[str]:
     """Lowest ASR among the defenses (labels whose defense is their own name) whose pooled accuracy is
-    within ``accuracy_loss`` of the baseline's (point estimate of the paired difference), and whether it
-    is significantly lower than each other such defense (McNemar, paired over shared cells)."""
+    within ``accuracy_loss`` of the baseline's (point estimate of the paired difference).
+
+    Defenses need not run the same cells (one may cover four attacks and three seeds, another one cell), so
+    a pooled rate over each one's own cells is no ranking. The lowest is the defense whose ASR, on the
+    cells it shares with each other eligible defense, is below that defense's (point estimates; McNemar
+    paired over those cells says whether significantly); when several qualify (they share no cell), the
+    lowest pooled of them. Each comparison is printed over its shared cells, both rates side by side."""
     p, base = policy.harmful_ratio, policy.baseline
     labels = sorted({r.label for r in frame.itertuples() if r.label == r.defense})
     eligible, left_out = {}, []
@@ -373,20 +378,33 @@ def lowest_lines(frame: pd.DataFrame, items: dict[str, RunItems], judge: str, po
         if task is not None and task.diff[0] < -policy.accuracy_loss:
             left_out.append(f"{label} (ASR {fmt_rate(harm.value)}, accuracy {fmt_points(task.diff)} points)")
             continue
-        eligible[label] = harm.value
+        eligible[label] = harm
     if len(eligible) < 2:
         return []
-    best = min(eligible, key=lambda k: eligible[k]["rate"])
+    pairs = {(a, b): compare(items, cells(frame, a, p), cells(frame, b, p), "harm", judge)
+             for a in eligible for b in eligible if a != b}
+    unbeaten = [a for a in eligible
+                if all(c is None or c.value["rate"] < c.base_value["rate"] for (x, _), c in pairs.items() if x == a)]
+    left = (f" Left out, more than {100 * policy.accuracy_loss:g} points below {base} on the estimate: "
+            + "; ".join(left_out) + "." if left_out else "")
+    head = (f"- Lowest ASR among the defenses within {100 * policy.accuracy_loss:g} points of {base}'s accuracy "
+            f"(each compared with each other on the cells both ran): ")
+    if not unbeaten:
+        tests = [f"{a} {fmt_rate(c.value)} against {b} {fmt_rate(c.base_value)} on {c.runs} cell(s), McNemar p "
+                 f"{fmt_p(c.p_value)}" for (a, b), c in sorted(pairs.items()) if c is not None and a < b]
+        return [head + "**none**: no defense is below every other on the cells they share; " + "; ".join(tests)
+                + "." + left, ""]
+    best = min(unbeaten, key=lambda k: eligible[k].value["rate"])
     tests = []
     for other in sorted(eligible):
-        if other != best:
-            c = compare(items, cells(frame, best, p), cells(frame, other, p), "harm", judge)
-            if c is not None:
-                tests.append(f"{other} {fmt_rate(c.base_value)}, McNemar p {fmt_p(c.p_value)}")
-    return [f"- Lowest ASR among the defenses within {100 * policy.accuracy_loss:g} points of {base}'s accuracy "
-            f"(pooled over the cells each shares with {base}): **{best}** {fmt_rate(eligible[best])}; against "
-            + "; ".join(tests) + "." + (f" Left out, more than {100 * policy.accuracy_loss:g} points below {base} on the "
-                                        "estimate: " + "; ".join(left_out) + "." if left_out else ""), ""]
+        if other == best:
+            continue
+        c = pairs[(best, other)]
+        tests.append(f"{other}: no cell in common" if c is None else
+                     f"{other}, on the {c.runs} cell(s) both ran: {best} {fmt_rate(c.value)} against "
+                     f"{fmt_rate(c.base_value)}, McNemar p {fmt_p(c.p_value)}")
+    return [head + f"**{best}**, {fmt_rate(eligible[best].value)} over its {eligible[best].runs} cell(s) shared with "
+            f"{base}; against " + "; ".join(tests) + "." + left, ""]
 
 
 def sweep_attack(frame: pd.DataFrame, label: str) -> str | None:
