@@ -24,6 +24,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -381,17 +382,28 @@ def lowest_lines(frame: pd.DataFrame, items: dict[str, RunItems], judge: str, po
         eligible[label] = harm
     if len(eligible) < 2:
         return []
-    pairs = {(a, b): compare(items, cells(frame, a, p), cells(frame, b, p), "harm", judge)
-             for a in eligible for b in eligible if a != b}
+    # each pair once: the baseline's from the eligibility pass, the others here (read in either direction)
+    shared = {(label, base): harm for label, harm in eligible.items() if label != base}
+    for a, b in combinations(sorted(x for x in eligible if x != base), 2):
+        shared[a, b] = compare(items, cells(frame, a, p), cells(frame, b, p), "harm", judge)
+
+    def versus(a: str, b: str) -> tuple[dict[str, Any], dict[str, Any], Comparison] | None:
+        """``a``'s and ``b``'s ASR over the cells both ran, and their comparison; None when they share none."""
+        if (a, b) in shared:
+            c = shared[a, b]
+            return None if c is None else (c.value, c.base_value, c)
+        c = shared[b, a]
+        return None if c is None else (c.base_value, c.value, c)
+
     unbeaten = [a for a in eligible
-                if all(c is None or c.value["rate"] < c.base_value["rate"] for (x, _), c in pairs.items() if x == a)]
+                if all(v is None or v[0]["rate"] < v[1]["rate"] for v in (versus(a, b) for b in eligible if b != a))]
     left = (f" Left out, more than {100 * policy.accuracy_loss:g} points below {base} on the estimate: "
             + "; ".join(left_out) + "." if left_out else "")
     head = (f"- Lowest ASR among the defenses within {100 * policy.accuracy_loss:g} points of {base}'s accuracy "
             f"(each compared with each other on the cells both ran): ")
     if not unbeaten:
-        tests = [f"{a} {fmt_rate(c.value)} against {b} {fmt_rate(c.base_value)} on {c.runs} cell(s), McNemar p "
-                 f"{fmt_p(c.p_value)}" for (a, b), c in sorted(pairs.items()) if c is not None and a < b]
+        tests = [f"{a} {fmt_rate(v[0])} against {b} {fmt_rate(v[1])} on {v[2].runs} cell(s), McNemar p "
+                 f"{fmt_p(v[2].p_value)}" for a, b in combinations(sorted(eligible), 2) if (v := versus(a, b))]
         return [head + "**none**: no defense is below every other on the cells they share; " + "; ".join(tests)
                 + "." + left, ""]
     best = min(unbeaten, key=lambda k: eligible[k].value["rate"])
@@ -399,10 +411,10 @@ def lowest_lines(frame: pd.DataFrame, items: dict[str, RunItems], judge: str, po
     for other in sorted(eligible):
         if other == best:
             continue
-        c = pairs[(best, other)]
-        tests.append(f"{other}: no cell in common" if c is None else
-                     f"{other}, on the {c.runs} cell(s) both ran: {best} {fmt_rate(c.value)} against "
-                     f"{fmt_rate(c.base_value)}, McNemar p {fmt_p(c.p_value)}")
+        v = versus(best, other)
+        tests.append(f"{other}: no cell in common" if v is None else
+                     f"{other}, on the {v[2].runs} cell(s) both ran: {best} {fmt_rate(v[0])} against "
+                     f"{fmt_rate(v[1])}, McNemar p {fmt_p(v[2].p_value)}")
     return [head + f"**{best}**, {fmt_rate(eligible[best].value)} over its {eligible[best].runs} cell(s) shared with "
             f"{base}; against " + "; ".join(tests) + "." + left, ""]
 
