@@ -286,6 +286,49 @@ def test_align_stage_fingerprints_the_aligned_model_and_rechecks_only_when_a_red
     assert "different aligned models" not in markdown(rows[:1], "t")
 
 
+def test_re_aligning_the_same_start_model_keeps_its_committed_training_record(
+        tiny_model_dir, toy_data, tmp_path, monkeypatch, caplog):
+    """A fresh clone trains the start model again: when it comes out the same, the committed training record
+    (metrics, step log, training time) still describes the model the report names and is not rewritten with
+    this machine's timings; when it comes out another model, the record is the new model's."""
+    import spard.training.align as align_mod
+
+    weights = iter([b"first", b"first", b"other"])
+    seconds = iter([100.0, 250.0, 300.0])
+
+    def fake_alignment(cfg):
+        out = Path(cfg.output_dir)
+        (out / "model").mkdir(parents=True, exist_ok=True)
+        (out / "model" / "config.json").write_text("{}")
+        (out / "model" / "model.safetensors").write_bytes(next(weights))
+        took = next(seconds)
+        atomic_write_json(out / "metrics.json", {"train_seconds": took})
+        (out / "train_log.jsonl").write_text(json.dumps({"step": 1, "seconds": took}) + "\n")
+        checked = {"refusal": 0.9} if cfg.check_harmful else {}
+        return {"aligned_model": str(out / "model"), "before": checked, "after": checked, "train_seconds": took,
+                "model_sha256": align_mod.model_sha256(out / "model")}
+
+    monkeypatch.setattr(align_mod, "run_alignment", fake_alignment)
+    monkeypatch.setattr(align_mod, "refusal_rates", lambda *a: {"refusal": 0.5})
+    align = {"model": {"name": "base"}, "refusals": "r.jsonl", "benign": "b.jsonl", "check_harmful": ["h.jsonl"]}
+    cfg = bench_config(tiny_model_dir, toy_data, tmp_path, align=align)
+    align_dir = tmp_path / "align"
+    runner.run_align_stage(cfg, tmp_path, False)
+    committed = {name: (align_dir / name).read_bytes() for name in runner.ALIGN_TRAINING_RECORD}
+
+    shutil.rmtree(align_dir / "model")  # a fresh clone: the same bits again, in another time
+    with caplog.at_level("INFO", logger="spard.bench.runner"):
+        runner.run_align_stage(cfg, tmp_path, False)
+    assert {name: (align_dir / name).read_bytes() for name in runner.ALIGN_TRAINING_RECORD} == committed
+    assert json.loads((align_dir / "alignment.json").read_text())["train_seconds"] == 100.0
+    assert "re-aligned in 250 s here" in caplog.text
+
+    shutil.rmtree(align_dir / "model")  # other bits whose checks differ: another start model, its own record
+    runner.run_align_stage(cfg, tmp_path, False)
+    assert json.loads((align_dir / "metrics.json").read_text()) == {"train_seconds": 300.0}
+    assert json.loads((align_dir / "alignment.json").read_text())["train_seconds"] == 300.0
+
+
 def test_a_re_aligned_model_that_differs_only_in_rounding_keeps_the_start_model_and_the_run_keys(
         tiny_model_dir, toy_data, tmp_path, monkeypatch, caplog):
     """Another CPU re-aligns the same recipe to other bits: when its refusal checks and its whole start-model

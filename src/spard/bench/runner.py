@@ -40,9 +40,12 @@ from spard.bench.config import (
 from spard.bench.report import write_results
 from spard.bench.tables import START_LABEL
 from spard.config import from_dict, load_yaml, to_dict
-from spard.io import atomic_write_json, remove_tree
+from spard.io import atomic_write, atomic_write_json, remove_tree
 
 logger = logging.getLogger(__name__)
+
+#: what an alignment writes of its training (beside ``alignment.json``) that a re-alignment on a fresh clone rewrites
+ALIGN_TRAINING_RECORD = ("metrics.json", "train_log.jsonl")
 
 
 def load_bench_config(path: str | Path) -> BenchConfig:
@@ -100,6 +103,8 @@ def run_align_stage(cfg: BenchConfig, out: Path, progress: bool, ev_key: str | N
     earlier = report if report is not None and report.get("config_key") == key and report.get("after") else None
     logger.info("alignment stage: training %s%s", align_cfg.model.name,
                 " again (the report is here, the model is not)" if earlier else "")
+    record = {name: (out / "align" / name).read_bytes() for name in ALIGN_TRAINING_RECORD
+              if earlier and (out / "align" / name).exists()}
     report = run_alignment(dataclasses.replace(align_cfg, check_harmful=[], check_benign=None) if earlier else align_cfg)
     report["config_key"] = key
     if earlier:
@@ -110,8 +115,22 @@ def run_align_stage(cfg: BenchConfig, out: Path, progress: bool, ev_key: str | N
                         "the earlier" if sha == earlier.get("model_sha256") else "an earlier equivalent", sha[:12])
         else:
             report = _reconcile_start_model(cfg, out, align_cfg, report, sha, ev_key, progress)
+        if report["model_sha256"] == earlier.get("model_sha256"):
+            report = _keep_training_record(out / "align", report, earlier, record)
     atomic_write_json(report_path, report)
     return report["aligned_model"], align_cfg.model.name
+
+
+def _keep_training_record(align_dir: Path, report: dict[str, Any], earlier: dict[str, Any],
+                          record: dict[str, bytes]) -> dict[str, Any]:
+    """The same start model made again (identical, or equivalent up to rounding): its committed training
+    record (``metrics.json``, ``train_log.jsonl``, the report's ``train_seconds``) describes the model the
+    report names, so it is written back over this re-alignment's; this one's time is logged, not recorded."""
+    for name, data in record.items():
+        atomic_write(align_dir / name, lambda tmp, data=data: tmp.write_bytes(data))
+    logger.info("re-aligned in %.0f s here; the committed training record of the start model is kept",
+                report.get("train_seconds", float("nan")))
+    return {**report, "train_seconds": earlier.get("train_seconds", report.get("train_seconds"))}
 
 
 def _reconcile_start_model(cfg: BenchConfig, out: Path, align_cfg: Any, report: dict[str, Any], sha: str,
