@@ -104,7 +104,7 @@ def run_align_stage(cfg: BenchConfig, out: Path, progress: bool, ev_key: str | N
     logger.info("alignment stage: training %s%s", align_cfg.model.name,
                 " again (the report is here, the model is not)" if earlier else "")
     record = {name: (out / "align" / name).read_bytes() for name in ALIGN_TRAINING_RECORD
-              if earlier and (out / "align" / name).exists()}
+              if (out / "align" / name).exists()} if earlier else {}
     report = run_alignment(dataclasses.replace(align_cfg, check_harmful=[], check_benign=None) if earlier else align_cfg)
     report["config_key"] = key
     if earlier:
@@ -129,7 +129,7 @@ def _keep_training_record(align_dir: Path, report: dict[str, Any], earlier: dict
     for name, data in record.items():
         atomic_write(align_dir / name, lambda tmp, data=data: tmp.write_bytes(data))
     logger.info("re-aligned in %.0f s here; the committed training record of the start model is kept",
-                report.get("train_seconds", float("nan")))
+                report["train_seconds"])
     return {**report, "train_seconds": earlier.get("train_seconds", report.get("train_seconds"))}
 
 
