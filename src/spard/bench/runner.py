@@ -129,7 +129,7 @@ def _keep_training_record(align_dir: Path, report: dict[str, Any], earlier: dict
     for name, data in record.items():
         atomic_write(align_dir / name, lambda tmp, data=data: tmp.write_bytes(data))
     logger.info("re-aligned in %.0f s here; the committed training record of the start model is kept",
-                report["train_seconds"])
+                report.get("train_seconds", float("nan")))
     return {**report, "train_seconds": earlier.get("train_seconds", report.get("train_seconds"))}
 
 
