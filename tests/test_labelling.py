@@ -28,6 +28,8 @@ from spard.evaluation.labelling import (
     judge_agreement,
     labelled_responses,
     load_labels,
+    prompts_labelled_in,
+    restrict_to_prompts,
     sample_paired_sheet,
     sample_sheet,
     write_sheet,
@@ -79,6 +81,42 @@ def test_a_paired_sheet_holds_every_runs_response_to_each_drawn_prompt(tmp_path)
     assert main(["judge", "sheet", "--paired", "--from", str(tmp_path / "runs"), "--n", "4", "--output", str(tmp_path / "sheet")]) == 0
     manifest = json.loads((tmp_path / "sheet" / "sheet.json").read_text())
     assert manifest["n"] == 8 and sorted(manifest["files"].values()) == [4, 4]
+
+
+def test_a_sheet_can_draw_the_prompts_labelled_for_a_run_whose_generations_are_gone(tmp_path, monkeypatch, capsys):
+    for run in ("gone", "a", "b"):
+        _write_jsonl(tmp_path / "runs" / run / "eval" / "generations" / "fam.jsonl",
+                     [{"id": f"q{i}", "prompt": f"question {i}", "response": "I cannot help." if i == 3 else f"{run} {i}"}
+                      for i in range(12)])
+    monkeypatch.chdir(tmp_path)
+    # the gone run was labelled on q1, q3, q5 (and its generations then deleted); run a on q1 already
+    sheet = tmp_path / "old"
+    picked = [(it, "test") for it in collect_responses(["runs/gone"])["runs/gone/eval/generations/fam.jsonl"]
+              if it.id in ("q1", "q3", "q5")]
+    picked.append(next((it, "test") for it in collect_responses(["runs/a"])["runs/a/eval/generations/fam.jsonl"] if it.id == "q1"))
+    _fill(write_sheet(picked, sheet, seed=0, roots=["runs"])["template"], tmp_path / "labels.csv", lambda item: ("1", "yes"))
+    for f in (tmp_path / "runs" / "gone" / "eval" / "generations").iterdir():
+        f.unlink()
+    labels = load_labels(tmp_path / "labels.csv")
+    assert prompts_labelled_in(labels, "runs/gone") == {("fam", "q1"), ("fam", "q3"), ("fam", "q5")}
+    assert prompts_labelled_in(labels, tmp_path / "runs" / "gone" / "eval") == prompts_labelled_in(labels, "runs/gone")
+    assert prompts_labelled_in(labels, "runs/b") == set()
+    kept = restrict_to_prompts(collect_responses(["runs/a", "runs/b"]), prompts_labelled_in(labels, "runs/gone"), labels)
+    assert {name: sorted(it.id for it in items) for name, items in kept.items()} == {
+        "runs/a/eval/generations/fam.jsonl": ["q3", "q5"], "runs/b/eval/generations/fam.jsonl": ["q1", "q3", "q5"]}
+    # the command: run b's responses to the three prompts, its refusal on q3 included although the gone run's
+    # identical response to q3 is labelled (each run's response needs its own label)
+    assert main(["judge", "sheet", "--from", "runs/b", "--same-prompts-as", "runs/gone", "--exclude-labelled", "labels.csv",
+                 "--n", "10", "--split", "test", "--output", "sheet"]) == 0
+    manifest = json.loads((tmp_path / "sheet" / "sheet.json").read_text())
+    assert manifest["n"] == 3 and manifest["same_prompts_as"] == "runs/gone"
+    with (tmp_path / "sheet" / "sheet.csv").open() as f:
+        assert sorted(r["item"].rsplit("#", 1)[1] for r in csv.DictReader(f)) == ["q1", "q3", "q5"]
+    assert main(["judge", "sheet", "--from", "runs/b", "--same-prompts-as", "runs/gone", "--output", "s2"]) == 2
+    assert "needs --exclude-labelled" in capsys.readouterr().err
+    assert main(["judge", "sheet", "--from", "runs/b", "--same-prompts-as", "runs/b", "--exclude-labelled", "labels.csv",
+                 "--output", "s2"]) == 2
+    assert "none of its responses is labelled" in capsys.readouterr().err and not (tmp_path / "s2").exists()
 
 
 def test_sheet_spreads_over_files_with_balanced_splits_and_no_verdicts(tmp_path):

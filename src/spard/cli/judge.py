@@ -240,6 +240,8 @@ def cmd_judge_sheet(args: argparse.Namespace) -> int:
     from spard.evaluation.labelling import (
         collect_responses,
         load_labels,
+        prompts_labelled_in,
+        restrict_to_prompts,
         sample_paired_sheet,
         sample_sheet,
         write_sheet,
@@ -249,10 +251,24 @@ def cmd_judge_sheet(args: argparse.Namespace) -> int:
     if not by_file:
         raise ValueError(f"no responses under {', '.join(args.sources)} (looked for generations/, check_after/, "
                          "check_before/, start_checks/ *.jsonl with id, prompt, response)")
-    skip = {lab.pair_sha256 for path in args.exclude_labelled or [] for lab in load_labels(path)}
+    labels = [lab for path in args.exclude_labelled or [] for lab in load_labels(path)]
+    skip = {lab.pair_sha256 for lab in labels}
+    if args.same_prompts_as:
+        if not labels:
+            raise ValueError("--same-prompts-as needs --exclude-labelled: the labels files that label that run's responses")
+        prompts = prompts_labelled_in(labels, args.same_prompts_as)
+        if not prompts:
+            raise ValueError(f"--same-prompts-as {args.same_prompts_as}: none of its responses is labelled in "
+                             f"{', '.join(args.exclude_labelled)}")
+        by_file = restrict_to_prompts(by_file, prompts, labels)
+        # a response identical to one labelled elsewhere still needs its own label here: skip by item only
+        skip = set()
+        if not by_file:
+            raise ValueError(f"no unlabelled response under {', '.join(args.sources)} to the {len(prompts)} prompts "
+                             f"labelled for {args.same_prompts_as}")
     sample = sample_paired_sheet if args.paired else sample_sheet
     picked = sample(by_file, args.n, args.seed, skip=skip, split=args.split)
-    paths = write_sheet(picked, args.output, seed=args.seed, roots=args.sources)
+    paths = write_sheet(picked, args.output, seed=args.seed, roots=args.sources, same_prompts_as=args.same_prompts_as)
     total = sum(len(v) for v in by_file.values())
     what = f"{args.n} prompts x every run: " if args.paired else ""
     print(f"{what}{len(picked)} of {total} responses from {len(by_file)} files (seed {args.seed}); judge verdicts are not on the sheet")
@@ -364,6 +380,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--sets", nargs="*", help="prompt-set names to keep (glob patterns; default all)")
     p.add_argument("--exclude", nargs="*", help="prompt-set names to leave out (glob patterns)")
     p.add_argument("--exclude-labelled", nargs="*", help="labels files: responses labelled there are never drawn again")
+    p.add_argument("--same-prompts-as", metavar="RUN",
+                   help="draw only the prompts whose response from RUN is labelled in the --exclude-labelled files "
+                        "(to compare with RUN by labels, paired, even where its generations are gone)")
     p.add_argument("--split", choices=["dev", "test"], help="give every drawn response this split (a fresh test set)")
     p.add_argument("--output", required=True, help="directory for sheet.csv, sheet.html, labels_template.csv, sheet.json")
     p.set_defaults(func=cmd_judge_sheet)
