@@ -219,14 +219,14 @@ def restrict_to_prompts(by_file: dict[str, list[ResponseItem]], prompts: set[tup
     """``by_file`` with only the responses to ``prompts`` (``(prompt set, row id)``), leaving out the
     responses that ``labelled`` labels already (by item, wherever the path was written from); files
     left empty are dropped."""
-    def key(item: str) -> str:
-        source, _, row_id = item.rpartition("#")
-        return f"{Path(source).resolve().as_posix()}#{row_id}"
-
-    done = {key(lab.item) for lab in labelled}
+    done = set()
+    for lab in labelled:
+        source, _, row_id = lab.item.rpartition("#")
+        done.add((Path(source).resolve(), row_id))
     out = {}
     for name, items in by_file.items():
-        kept = [it for it in items if (it.set, it.id) in prompts and key(it.item) not in done]
+        source = Path(name).resolve()  # once per file, not per response
+        kept = [it for it in items if (it.set, it.id) in prompts and (source, it.id) not in done]
         if kept:
             out[name] = kept
     return out
