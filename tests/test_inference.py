@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from spard.bench.config import TargetsConfig
@@ -175,6 +176,25 @@ def test_sweep_and_worst_case_count_only_settings_that_kept_the_accuracy():
     assert worst.loc["spard", "at"] == "bt, p = 0.2" and worst.loc["spard", "settings counted"] == 2
     assert worst.loc["sft", "at"] == "bt, p = 0.5"
     assert not math.isnan(np.float64(sweep["asr_low"].min()))
+
+
+def test_the_worst_case_gates_accuracy_on_the_seeds_both_ran_and_keeps_an_exact_two_point_loss():
+    def worst_case(b_acc: int) -> pd.DataFrame:
+        rows, items = [], {}
+        # on attack "a" sft ran seeds 0-2 and its seed 0 is weak; the defense ran seed 0 only: 1 of 300 above
+        # sft there, 29 below sft's pooled accuracy. On "b" both ran seed 0, sft answering 240 of 300.
+        runs = [("sft", "a", 0, 222), ("sft", "a", 1, 250), ("sft", "a", 2, 250), ("sft", "b", 0, 240),
+                ("defense", "a", 0, 223), ("defense", "b", 0, b_acc)]
+        for label, attack, seed, acc in runs:
+            run = f"{label}-{attack}-{seed}"
+            rows.append({"label": label, "defense": label, "attack": attack, "harmful_ratio": 0.1, "seed": seed, "run": run})
+            items[run] = RunItems({"probe": outcomes(150 if label == "sft" else 90 if attack == "a" else 60, 300)},
+                                  outcomes(acc, 300))
+        return worst_case_frame(runs_frame(rows), items, "probe", TargetsConfig()).set_index("defense")
+
+    exact = worst_case(234)  # 6 of 300 below: exactly 2 points, within the budget
+    assert exact.loc["defense", "settings counted"] == 2 and exact.loc["defense", "at"] == "a, p = 0.1"
+    assert worst_case(233).loc["defense", "settings counted"] == 1  # one answer more is over it
 
 
 def test_the_task_gain_over_the_start_model_is_paired_and_checked_on_its_interval():
