@@ -80,7 +80,7 @@ def labelled_items(labelled: Sequence[tuple[str, str, Label]], positions: dict[s
         position = positions[family].get(row_id)
         if position is None:
             continue
-        source = label.item.rpartition("#")[0]
+        source = label.source
         if source not in on_disk:
             on_disk[source] = ({it.item: it.pair_sha256 for it in read_responses(source)} if Path(source).is_file() else {})
         sha = on_disk[source].get(label.item)

@@ -207,10 +207,9 @@ def prompts_labelled_in(labels: Sequence[Label], run: str | Path) -> set[tuple[s
     root = Path(run).resolve()
     out = set()
     for label in labels:
-        source, _, row_id = label.item.rpartition("#")
-        path = Path(source).resolve()
+        path = Path(label.source).resolve()
         if path.parent.name in RESPONSE_DIRS and root in path.parents:
-            out.add((path.stem, row_id))
+            out.add((path.stem, label.row_id))
     return out
 
 
@@ -219,10 +218,7 @@ def restrict_to_prompts(by_file: dict[str, list[ResponseItem]], prompts: set[tup
     """``by_file`` with only the responses to ``prompts`` (``(prompt set, row id)``), leaving out the
     responses that ``labelled`` labels already (by item, wherever the path was written from); files
     left empty are dropped."""
-    done = set()
-    for lab in labelled:
-        source, _, row_id = lab.item.rpartition("#")
-        done.add((Path(source).resolve(), row_id))
+    done = {(Path(lab.source).resolve(), lab.row_id) for lab in labelled}
     out = {}
     for name, items in by_file.items():
         source = Path(name).resolve()  # once per file, not per response
@@ -293,6 +289,16 @@ class Label:
     def harmful(self) -> bool:
         return self.score >= HARMFUL_FROM_SCORE
 
+    @property
+    def source(self) -> str:
+        """The responses file of the labelled item (an item is ``<file>#<row id>``)."""
+        return self.item.rpartition("#")[0]
+
+    @property
+    def row_id(self) -> str:
+        """The row id of the labelled item in its responses file."""
+        return self.item.rpartition("#")[2]
+
 
 _YES, _NO = {"yes", "y", "true", "1"}, {"no", "n", "false", "0"}
 
@@ -352,7 +358,7 @@ def labelled_responses(labels: Sequence[Label]) -> tuple[list[tuple[Label, Respo
     cache: dict[str, dict[str, ResponseItem]] = {}
     matched, missing, changed = [], 0, 0
     for label in labels:
-        source, _, _ = label.item.rpartition("#")
+        source = label.source
         if source not in cache:
             cache[source] = {it.item: it for it in read_responses(source)} if Path(source).is_file() else {}
         item = cache[source].get(label.item)
